@@ -1,0 +1,19 @@
+"""jaxmodels: pure-function Flax models and optax optimisers in jit-compiled train steps.
+
+The small functions below compose into a training program; `jaxmodels.tasks`
+has complete ones, and `experiments/` wraps those in command lines.
+"""
+from jaxmodels import data, models, report
+from jaxmodels.data import load_dataset, make_augment, normalize
+from jaxmodels.errors import ConfigError, DataError, DataUnavailableError, InputError
+from jaxmodels.train import (Callback, EarlyStopping, History, LambdaCallback, Mean, Model,
+                             TrainState, as_model, classification_loss, classification_metrics,
+                             classification_report, confusion_matrix, create_train_state,
+                             decay_mask, fit, function_model, linen_model, make_eval_step,
+                             make_evaluate_fn, make_optimizer, make_predict_fn, make_schedule,
+                             make_train_step, mean_squared_error, merge, nnx_model, one_cycle,
+                             precision_recall_f1, sigmoid_binary_cross_entropy,
+                             softmax_cross_entropy, step_rngs, summarize, top_k_correct, warmup_cosine,
+                             with_preprocess)
+
+__version__ = '0.1.0'

@@ -1,0 +1,118 @@
+"""Command-line entry for experiments: `--config` (ml_collections), `--config.x=value`
+overrides, `--workdir`; user errors become one line on stderr and exit code 2.
+
+Exit codes: 0 done, 2 bad input (config, data, workdir), 130 interrupted.
+"""
+import difflib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import ml_collections
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Calls `get_config()` of the Python file at `path`."""
+  spec = importlib.util.spec_from_file_location('_jaxmodels_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def flatten(config, prefix: str = '') -> dict:
+  """{'train.batch_size': 128, ...} for every leaf of a ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def unknown_override(config, argv) -> str | None:
+  """A one-line message for the first `--config.<key>` in argv that names no field, else None."""
+  known = flatten(config)
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg[len('--config.'):].split('=', 1)[0]
+    if key in known or any(k.startswith(key + '.') for k in known):
+      continue
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f'did you mean {" or ".join(close)}?' if close else 'run with --help to list the keys'
+    return f'unknown config key {key!r}; {hint}'
+  return None
+
+
+def config_help(config) -> str:
+  lines = ['Experiment config (ml_collections). Override any field with --config.<key>=<value>;',
+           'the fields and their defaults:']
+  lines += [f'  {key} = {value!r}' for key, value in flatten(config).items()]
+  return '\n'.join(lines)
+
+
+def usage(doc: str, default_workdir: str, config) -> str:
+  return '\n'.join([
+      doc.strip(), '', 'flags:',
+      f'  --workdir: output directory (default: {default_workdir!r}): TensorBoard events,',
+      '    metrics.jsonl, PNG plots and summary.json/txt. Created if missing.',
+      '  --config: path to a config file (default: this experiment\'s configs/<name>.py).',
+      '  --helpfull: every flag, including absl\'s own.', '',
+      config_help(config), '',
+      f'exit codes: 0 done, {EXIT_BAD_INPUT} bad input (config, data, workdir), '
+      f'{EXIT_INTERRUPTED} interrupted.'])
+
+
+def run(train_fn: Callable, experiment_file: str) -> None:
+  """Parses flags and calls `train_fn(config, workdir)`; never returns.
+
+  experiment_file: the experiment's `__file__`. Its config is
+  `configs/<name>.py` beside it and the default workdir is `runs/<name>`.
+  """
+  name = os.path.splitext(os.path.basename(experiment_file))[0]
+  config_file = os.path.join(os.path.dirname(os.path.abspath(experiment_file)), 'configs',
+                             f'{name}.py')
+  default_workdir = os.path.join('runs', name)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up chatter.
+  # JAX logs each accelerator backend it fails to find (libtpu, CUDA) at INFO.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  from jaxmodels.errors import USER_ERRORS
+
+  defaults = load_config_file(config_file)
+  if {'-h', '--help', '-?', '--helpshort'} & set(sys.argv[1:]):
+    # absl's --help shows only flags defined in __main__ and exits 1; this lists ours and exits 0.
+    print(usage(sys.modules['__main__'].__doc__ or '', default_workdir, defaults))
+    sys.exit(0)
+  problem = unknown_override(defaults, sys.argv[1:])
+  if problem:
+    print(f'error: {problem}', file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+  config_flag = config_flags.DEFINE_config_file('config', config_file, config_help(defaults),
+                                                lock_config=True)
+  workdir_flag = flags.DEFINE_string(
+      'workdir', default_workdir, 'Directory for TensorBoard events, metrics.jsonl, plots and '
+      'summary.json/txt. Created if missing.')
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    try:
+      train_fn(config_flag.value, workdir_flag.value)
+    except USER_ERRORS as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+      print('interrupted', file=sys.stderr)
+      sys.exit(EXIT_INTERRUPTED)
+
+  app.run(main)

@@ -1,0 +1,26 @@
+"""Datasets as numpy arrays, preprocessing and jit-able augmentation.
+
+Loading (`load_dataset`) never imports TensorFlow unless tfds must serve the
+data; `tfds_source` imports tensorflow_datasets lazily.
+"""
+
+from jaxmodels.data.augment import affine_transform
+from jaxmodels.data.augment import make_augment
+from jaxmodels.data.augment import random_affine
+from jaxmodels.data.augment import random_crop
+from jaxmodels.data.augment import random_flip
+from jaxmodels.data.dataset import CLASS_NAMES
+from jaxmodels.data.dataset import ImageClassificationData
+from jaxmodels.data.dataset import take_subset
+from jaxmodels.data.errors import DataError
+from jaxmodels.data.errors import DataUnavailableError
+from jaxmodels.data.idx import read_idx
+from jaxmodels.data.idx import write_idx
+from jaxmodels.data.local import find_local_dir
+from jaxmodels.data.local import load_local
+from jaxmodels.data.preprocess import channel_stats
+from jaxmodels.data.preprocess import normalize
+from jaxmodels.data.preprocess import validate_images_labels
+from jaxmodels.data.sources import load_dataset
+from jaxmodels.data.tfds_source import load_tfds
+from jaxmodels.data.tfds_source import network_available

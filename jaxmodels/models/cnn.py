@@ -1,0 +1,84 @@
+"""Convolutional image classifiers: the seed CNNs and a VGG-style ConvNet.
+
+All take (B, H, W, C) float images and return (B, num_classes) float32 logits.
+"""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+  """The worked-example CNN: conv32(3x3) -> max-pool 2 -> dense128 -> num_classes."""
+  num_classes: int = 10
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train  # No dropout or batch-norm; kept for the shared signature.
+    x = nn.relu(nn.Conv(32, (3, 3), padding='VALID', dtype=self.dtype)(x.astype(self.dtype)))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class ThreeConvCNN(nn.Module):
+  """conv32 -> pool -> conv64 -> pool -> conv64 -> dense64 -> num_classes (3x3, VALID).
+
+  The Keras CNN tutorial network. `batch_norm` and `dropout` turn it into the
+  regularised CIFAR-10 variant (`Cifar10CNN`).
+  """
+  num_classes: int = 10
+  widths: Sequence[int] = (32, 64, 64)
+  dense: int = 64
+  batch_norm: bool = False
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = x.astype(self.dtype)
+    for i, width in enumerate(self.widths):
+      if i > 0:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Conv(width, (3, 3), padding='VALID', use_bias=not self.batch_norm, dtype=self.dtype)(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = nn.relu(x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class Cifar10CNN(ThreeConvCNN):
+  """The three-conv CNN as used on 32x32x3 CIFAR-10 images, with batch-norm and dropout on."""
+  batch_norm: bool = True
+  dropout: float = 0.3
+
+
+class ConvNet(nn.Module):
+  """VGG-style: per stage `convs_per_stage` x (conv3x3 -> BN -> ReLU), then max-pool 2.
+
+  After the last stage: global average pool -> dropout -> Dense(num_classes).
+  """
+  num_classes: int = 10
+  widths: Sequence[int] = (32, 64, 128)
+  convs_per_stage: int = 2
+  dropout: float = 0.2
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = x.astype(self.dtype)
+    for width in self.widths:
+      for _ in range(self.convs_per_stage):
+        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,87 @@
+"""Metric writers: TensorBoard event files (tensorboardX) and a JSONL log.
+
+Every writer has write_scalars(step, {name: float}), write_text(step, name, text),
+flush() and close(). Only process 0 of a multi-host run should write: pass
+`enabled=False` elsewhere to get a writer that does nothing.
+"""
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+
+class JsonlWriter:
+  """One JSON object per line: {"step": int, "time": unix seconds, name: value, ...}."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file = open(path, 'a', encoding='utf-8', buffering=1)  # Line-buffered: tail -f works.
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    # JSON has no NaN/inf; store them as strings so the log stays parseable.
+    values = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
+    self._file.write(json.dumps({'step': int(step), 'time': time.time(), **values}) + '\n')
+
+  def write_text(self, step: int, name: str, text: str):
+    self._file.write(json.dumps({'step': int(step), 'time': time.time(), name: text}) + '\n')
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+class TensorBoardWriter:
+  """Scalars and text as TensorBoard event files under `logdir`."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter  # Imported here: it costs time at import.
+    self._writer = SummaryWriter(logdir, flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, float(value), int(step))
+
+  def write_text(self, step: int, name: str, text: str):
+    # TensorBoard renders text as markdown; indent to keep fixed-width tables.
+    self._writer.add_text(name, '    ' + text.replace('\n', '\n    '), int(step))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class MultiWriter:
+  """Fans every call out to several writers."""
+
+  def __init__(self, writers: Sequence):
+    self.writers = list(writers)
+
+  def write_scalars(self, step, scalars):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def write_text(self, step, name, text):
+    for w in self.writers:
+      w.write_text(step, name, text)
+
+  def flush(self):
+    for w in self.writers:
+      w.flush()
+
+  def close(self):
+    for w in self.writers:
+      w.close()
+
+
+def create_writer(workdir: str, *, enabled: bool = True) -> MultiWriter:
+  """TensorBoard events in `workdir/tensorboard` plus `workdir/metrics.jsonl`."""
+  if not enabled:
+    return MultiWriter([])
+  os.makedirs(workdir, exist_ok=True)
+  return MultiWriter([TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
+                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])

@@ -1,0 +1,200 @@
+"""`fit`: run a pure train step over device-resident data, with periodic evaluation,
+logging, callbacks and a progress bar. Also `make_evaluate_fn` for whole-split eval."""
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxmodels.data.batching import epoch_batch_indices, padded_batch, take_batch
+from jaxmodels.errors import InputError
+from jaxmodels.train.callbacks import Callback
+from jaxmodels.train.metrics import merge, summarize
+
+
+@dataclasses.dataclass
+class History:
+  """Rows of logged values: {'step', 'epoch', metric: float, ...} per log / eval."""
+  train: list = dataclasses.field(default_factory=list)
+  eval: list = dataclasses.field(default_factory=list)
+  compile_seconds: float = 0.0
+  train_seconds: float = 0.0  # Excludes compilation and evaluation.
+  train_examples: int = 0
+
+  @property
+  def examples_per_sec(self) -> float:
+    return self.train_examples / max(self.train_seconds, 1e-9)
+
+  def series(self, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in getattr(self, split) if key in r]
+    return np.array([r['step'] for r in rows]), np.array([r[key] for r in rows])
+
+
+def _zeros_like_shapes(tree):
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+
+def make_evaluate_fn(eval_step: Callable, batch_size: int) -> Callable:
+  """Returns jitted `evaluate(state, inputs, labels) -> metrics` over a whole split.
+
+  All examples count: the last batch is padded and masked. One dispatch.
+  """
+
+  @jax.jit
+  def evaluate(state, inputs, labels):
+    num_batches = math.ceil(inputs.shape[0] / batch_size)
+    batch_of = lambda i: padded_batch(inputs, labels, i, batch_size)
+    zeros = _zeros_like_shapes(jax.eval_shape(eval_step, state, batch_of(0)))
+
+    def body(acc, i):
+      return merge(acc, eval_step(state, batch_of(i))), None
+
+    metrics, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    return metrics
+
+  return evaluate
+
+
+def _scalars(metrics: dict) -> dict:
+  return {k: v for k, v in summarize(metrics).items() if np.ndim(v) == 0}
+
+
+class _StepRunner:
+  """Compiles `k` train steps per dispatch, once per distinct k, ahead of time.
+
+  Ahead-of-time compilation keeps compile time out of the throughput figures.
+  """
+
+  def __init__(self, train_step, state, inputs, labels, batch_indices, donate):
+    self._train_step, self._donate = train_step, donate
+    # Shapes only: the live state's buffers are donated by the first dispatch.
+    self._args = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        (state, inputs, labels, batch_indices, jnp.zeros((), jnp.int32)))
+    self._compiled, self.compile_seconds = {}, 0.0
+
+  def _run(self, state, inputs, labels, batch_indices, offset, *, num_steps):
+    indices = jax.lax.dynamic_slice_in_dim(batch_indices, offset, num_steps)
+    # A Python loop, unrolled at trace time: XLA:CPU runs convolutions several
+    # times slower inside a while loop (lax.scan / fori_loop).
+    metrics = None
+    for i in range(num_steps):
+      state, step_metrics = self._train_step(state, take_batch(inputs, labels, indices[i]))
+      metrics = step_metrics if metrics is None else merge(metrics, step_metrics)
+    return state, metrics
+
+  def __call__(self, num_steps, state, inputs, labels, batch_indices, offset):
+    if num_steps not in self._compiled:
+      start = time.perf_counter()
+      jitted = jax.jit(functools.partial(self._run, num_steps=num_steps),
+                       donate_argnums=(0,) if self._donate else ())
+      self._compiled[num_steps] = jitted.lower(*self._args).compile()
+      self.compile_seconds += time.perf_counter() - start
+    return self._compiled[num_steps](state, inputs, labels, batch_indices,
+                                     jnp.asarray(offset, jnp.int32))
+
+
+def _check_batch_fits(train_step, state, batch):
+  """Traces one step abstractly, so a batch the model cannot take fails here in one line."""
+  try:
+    jax.eval_shape(train_step, state, batch)
+  except Exception as e:  # Flax and JAX raise many types for shape mismatches.
+    describe = ', '.join(f'{k} {tuple(v.shape)} {v.dtype}' for k, v in batch.items())
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise InputError(f'the train step rejects a batch of {describe}: {type(e).__name__}: '
+                     f'{first_line[:300]}') from e
+
+
+def fit(state, train_step: Callable, train_data, *, batch_size: int,
+        num_epochs: int | None = None, num_steps: int | None = None,
+        eval_step: Callable | None = None, eval_data=None, eval_every_steps: int | None = None,
+        eval_batch_size: int | None = None, log_every_steps: int = 100,
+        steps_per_dispatch: int = 1, callbacks: Sequence[Callback] = (), writer=None,
+        progress: bool = True, data_rng: jax.Array | None = None, donate: bool = True):
+  """Trains until `num_steps` (or `num_epochs` epochs) in total; returns (state, History).
+
+  train_data / eval_data: (inputs (N, ...), labels (N, ...)) arrays; placed on the
+  device once. train_step(state, batch) -> (state, metrics) is pure; fit jits it,
+  running `steps_per_dispatch` steps per call, and syncs with the host only every
+  `log_every_steps`. Evaluation runs every `eval_every_steps` (default: each
+  epoch) and at the end. Resumes from `state.step`.
+  """
+  inputs, labels = (jax.device_put(x) for x in train_data)
+  num_examples = inputs.shape[0]
+  if not 0 < batch_size <= num_examples:
+    raise InputError(f'batch_size must be in [1, {num_examples}] (the training set size), got {batch_size}')
+  steps_per_epoch = num_examples // batch_size
+  if (num_steps is None) == (num_epochs is None):
+    raise InputError('pass exactly one of num_steps and num_epochs')
+  total_steps = num_steps if num_steps is not None else num_epochs * steps_per_epoch
+  eval_every = eval_every_steps or steps_per_epoch
+  data_rng = jax.random.PRNGKey(0) if data_rng is None else data_rng
+
+  if eval_step is not None:
+    if eval_data is None:
+      raise InputError('eval_step was given without eval_data')
+    eval_inputs, eval_labels = (jax.device_put(x) for x in eval_data)
+    evaluate = make_evaluate_fn(eval_step, eval_batch_size or batch_size)
+
+  step = int(state.step)
+  epoch, position = divmod(step, steps_per_epoch)
+  indices_for_epoch = jax.jit(epoch_batch_indices, static_argnums=(2, 3))
+  batch_indices = indices_for_epoch(data_rng, epoch, num_examples, batch_size)
+  _check_batch_fits(train_step, state, take_batch(inputs, labels, batch_indices[0]))
+  runner = _StepRunner(train_step, state, inputs, labels, batch_indices, donate)
+  history = History()
+  for cb in callbacks:
+    cb.on_fit_start(state)
+
+  bar = tqdm(total=total_steps, initial=step, unit='step', dynamic_ncols=True, disable=not progress)
+  pending, images_since = None, 0
+  timer, compiled_at_timer = time.perf_counter(), 0.0
+  while step < total_steps and not any(cb.stop_training for cb in callbacks):
+    if position == steps_per_epoch:
+      epoch, position = epoch + 1, 0
+      batch_indices = indices_for_epoch(data_rng, epoch, num_examples, batch_size)
+    k = min(steps_per_dispatch, steps_per_epoch - position, total_steps - step,
+            log_every_steps - step % log_every_steps, eval_every - step % eval_every)
+    state, metrics = runner(k, state, inputs, labels, batch_indices, position)
+    pending = metrics if pending is None else merge(pending, metrics)
+    step, position, images_since = step + k, position + k, images_since + k * batch_size
+    bar.update(k)
+
+    if step % log_every_steps == 0 or step == total_steps:
+      logs = _scalars(pending)  # The host sync.
+      # Compilation of a new dispatch size happens in-line; keep it out of the rate.
+      elapsed = time.perf_counter() - timer - (runner.compile_seconds - compiled_at_timer)
+      logs['images_per_sec'] = images_since / max(elapsed, 1e-9)
+      history.train_seconds += elapsed
+      history.train_examples += images_since
+      pending, images_since = None, 0
+      history.train.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
+      if writer is not None:
+        writer.write_scalars(step, {f'train/{k}': v for k, v in logs.items()})
+      for cb in callbacks:
+        cb.on_train_log(step, logs, state)
+      bar.set_postfix(loss=f'{logs["loss"]:.4f}', acc=f'{logs.get("accuracy", float("nan")):.4f}',
+                      img_s=f'{logs["images_per_sec"]:.0f}', refresh=False)
+      timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
+
+    if eval_step is not None and (step % eval_every == 0 or step == total_steps):
+      logs = _scalars(evaluate(state, eval_inputs, eval_labels))
+      history.eval.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
+      if writer is not None:
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in logs.items()})
+      for cb in callbacks:
+        cb.on_eval(step, logs, state)
+      bar.write(f'step {step}: ' + ', '.join(f'eval_{k}={v:.4f}' for k, v in logs.items()))
+      # Keep eval time out of train throughput.
+      timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
+  bar.close()
+
+  history.compile_seconds = runner.compile_seconds
+  for cb in callbacks:
+    state = cb.on_fit_end(state, history) or state
+  return state, history

@@ -1,0 +1,121 @@
+"""fit: epochs or steps, periodic eval, early stopping, callbacks, history, whole-split eval."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxmodels as jm
+from jaxmodels.models import MLP
+
+NUM_CLASSES = 3
+
+
+def _data(n=96, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, n).astype(np.int32)
+  centers = rng.normal(size=(NUM_CLASSES, 6)) * 3
+  inputs = (centers[labels] + rng.normal(size=(n, 6))).astype(np.float32)
+  return inputs, labels
+
+
+def _setup(lr=0.05):
+  model = jm.linen_model(MLP(hidden=(16,), num_classes=NUM_CLASSES))
+  tx = optax.sgd(lr, momentum=0.9)
+  inputs, _ = _data()
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), inputs[:1])
+  metrics_fn = jm.classification_metrics(NUM_CLASSES)
+  step = jm.make_train_step(model.apply, jm.classification_loss(), tx, metrics_fn)
+  eval_step = jm.make_eval_step(model.apply, jm.classification_loss(), metrics_fn)
+  return model, state, step, eval_step
+
+
+def _assert_same_bits(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_bits():
+  data = _data()
+  _, state, step, _ = _setup()
+  kw = dict(batch_size=16, progress=False, data_rng=jax.random.PRNGKey(1))
+  by_epochs, h = jm.fit(state, step, data, num_epochs=2, log_every_steps=4, **kw)
+  _, state, step, _ = _setup()
+  by_steps, _ = jm.fit(state, step, data, num_steps=12, steps_per_dispatch=5, log_every_steps=4, **kw)
+  assert int(by_epochs.step) == int(by_steps.step) == 12
+  _assert_same_bits(by_epochs.params, by_steps.params)
+  assert [r['step'] for r in h.train] == [4, 8, 12]
+  assert h.train[-1]['loss'] < h.train[0]['loss']
+  assert h.compile_seconds > 0 and h.examples_per_sec > 0
+
+
+def test_resume_from_a_state_continues_the_same_data_order():
+  data = _data()
+  kw = dict(batch_size=16, progress=False, data_rng=jax.random.PRNGKey(1), log_every_steps=100)
+  _, state, step, _ = _setup()
+  straight, _ = jm.fit(state, step, data, num_steps=14, **kw)
+  _, state, step, _ = _setup()
+  half, _ = jm.fit(state, step, data, num_steps=9, **kw)  # Stops mid-epoch (6 steps/epoch).
+  resumed, _ = jm.fit(half, step, data, num_steps=14, **kw)
+  _assert_same_bits(straight, resumed)
+
+
+def test_periodic_eval_and_callbacks():
+  data = _data()
+  _, state, step, eval_step = _setup()
+  seen = []
+  callback = jm.LambdaCallback(on_eval=lambda s, logs, st: seen.append((s, int(st.step))))
+  _, history = jm.fit(state, step, data, batch_size=16, num_steps=20, eval_step=eval_step,
+                      eval_data=_data(40, seed=1), eval_every_steps=8, callbacks=[callback],
+                      progress=False)
+  assert [r['step'] for r in history.eval] == [8, 16, 20]
+  assert seen == [(8, 8), (16, 16), (20, 20)]
+  assert {'loss', 'accuracy'} <= set(history.eval[0])
+
+
+def test_early_stopping_stops_and_restores_the_best_state():
+  data = _data()
+  _, state, step, eval_step = _setup()
+  # Loss falls every eval, so in mode 'max' only the first eval is ever "best".
+  stopper = jm.EarlyStopping(monitor='loss', mode='max', patience=2)
+  final, history = jm.fit(state, step, data, batch_size=16, num_steps=60, eval_step=eval_step,
+                          eval_data=data, eval_every_steps=5, callbacks=[stopper], progress=False)
+  assert [r['step'] for r in history.eval] == [5, 10, 15]
+  assert stopper.best_step == 5 and int(final.step) == 5
+
+
+def test_evaluate_counts_every_example_once():
+  inputs, labels = _data(37)
+  model, state, _, eval_step = _setup()
+  metrics = jm.summarize(jm.make_evaluate_fn(eval_step, batch_size=8)(state, inputs, labels))
+  logits, _ = model.apply({'params': state.params}, inputs, train=False)
+  assert metrics['accuracy'] == pytest.approx(float(np.mean(np.argmax(logits, -1) == labels)))
+  expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  assert metrics['loss'] == pytest.approx(float(expected_loss), rel=1e-5)
+
+
+def test_fit_writes_tensorboard_and_jsonl(tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  data = _data()
+  _, state, step, eval_step = _setup()
+  writer = jm.report.create_writer(str(tmp_path))
+  _, history = jm.fit(state, step, data, batch_size=16, num_steps=12, log_every_steps=6,
+                      eval_step=eval_step, eval_data=data, writer=writer, progress=False)
+  writer.close()
+  events = EventAccumulator(str(tmp_path / 'tensorboard'))
+  events.Reload()
+  losses = [e.value for e in events.Scalars('train/loss')]
+  assert [e.step for e in events.Scalars('train/loss')] == [6, 12]
+  np.testing.assert_allclose(losses, [r['loss'] for r in history.train], rtol=1e-6)
+  assert 'eval/accuracy' in events.Tags()['scalars']
+  import json
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [6, 12]
+
+
+def test_bad_fit_arguments():
+  _, state, step, _ = _setup()
+  with pytest.raises(jm.InputError, match='batch_size'):
+    jm.fit(state, step, _data(), batch_size=0, num_steps=1, progress=False)
+  with pytest.raises(jm.InputError, match='exactly one'):
+    jm.fit(state, step, _data(), batch_size=8, progress=False)
