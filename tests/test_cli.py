@@ -1,5 +1,4 @@
 """The experiment command line: flags, overrides, and one clear line for bad input."""
-import gzip
 import json
 import os
 import pathlib

@@ -1,6 +1,5 @@
 """fit: epochs or steps, periodic eval, early stopping, callbacks, history, whole-split eval."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -83,22 +83,11 @@ def build_model(config, num_classes: int):
 
 
 def load_data(config) -> data_lib.ImageClassificationData:
+  """The configured dataset (validated on construction), cut to num_train/num_test if set."""
   dataset = data_lib.load_dataset(config.data.name, source=config.data.source,
                                   local_dir=config.data.local_dir or None,
                                   data_dir=config.data.data_dir or None)
-  for split in ('train', 'test'):
-    data_lib.validate_images_labels(getattr(dataset, f'{split}_images'),
-                                    getattr(dataset, f'{split}_labels'),
-                                    num_classes=dataset.num_classes,
-                                    image_shape=dataset.train_images.shape[1:], name=split)
-  if config.data.num_train or config.data.num_test:
-    dataset = dataclasses.replace(
-        dataset,
-        train_images=dataset.train_images[:config.data.num_train or None],
-        train_labels=dataset.train_labels[:config.data.num_train or None],
-        test_images=dataset.test_images[:config.data.num_test or None],
-        test_labels=dataset.test_labels[:config.data.num_test or None])
-  return dataset
+  return data_lib.take_subset(dataset, config.data.num_train or None, config.data.num_test or None)
 
 
 def make_preprocess(mean, std, augment_config):
