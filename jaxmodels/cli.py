@@ -63,6 +63,8 @@ def usage(doc: str, default_workdir: str, config) -> str:
       f'  --workdir: output directory (default: {default_workdir!r}): TensorBoard events,',
       '    metrics.jsonl, PNG plots and summary.json/txt. Created if missing.',
       '  --config: path to a config file (default: this experiment\'s configs/<name>.py).',
+      '  --coordinator_address, --num_processes, --process_id: join a multi-process JAX',
+      '    cluster (GPU clusters without SLURM). TPU pods and SLURM jobs need none of them.',
       '  --helpfull: every flag, including absl\'s own.', '',
       config_help(config), '',
       f'exit codes: 0 done, {EXIT_BAD_INPUT} bad input (config, data, workdir), '
@@ -103,9 +105,17 @@ def run(train_fn: Callable, experiment_file: str) -> None:
       'workdir', default_workdir, 'Directory for TensorBoard events, metrics.jsonl, plots and '
       'summary.json/txt. Created if missing.')
 
+  coordinator_flag = flags.DEFINE_string(
+      'coordinator_address', None, 'host:port of process 0, for a multi-process run.')
+  num_processes_flag = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+  process_id_flag = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    from jaxmodels import parallel
+    parallel.initialize_distributed(coordinator_flag.value, num_processes_flag.value,
+                                    process_id_flag.value)
     try:
       train_fn(config_flag.value, workdir_flag.value)
     except USER_ERRORS as e:

@@ -10,7 +10,9 @@ from jaxmodels.data.augment import random_affine
 from jaxmodels.data.augment import random_crop
 from jaxmodels.data.augment import random_flip
 from jaxmodels.data.batching import epoch_batch_indices
-from jaxmodels.data.batching import padded_batch
+from jaxmodels.data.batching import eval_batch_indices
+from jaxmodels.data.batching import per_shard_batch
+from jaxmodels.data.batching import shard_examples
 from jaxmodels.data.batching import take_batch
 from jaxmodels.data.dataset import CLASS_NAMES
 from jaxmodels.data.dataset import ImageClassificationData

@@ -84,3 +84,16 @@ def take_subset(data: ImageClassificationData, num_train=None,
       test_images=data.test_images[:num_test],
       test_labels=data.test_labels[:num_test],
   )
+
+
+def process_part(data: ImageClassificationData, index: int,
+                 count: int) -> ImageClassificationData:
+  """Process `index` of `count`'s contiguous block of each split (multi-host input)."""
+  if count == 1:
+    return data
+  block = lambda x: x[len(x) * index // count:len(x) * (index + 1) // count]
+  return dataclasses.replace(
+      data,
+      train_images=block(data.train_images), train_labels=block(data.train_labels),
+      test_images=block(data.test_images), test_labels=block(data.test_labels),
+      source=f'{data.source} (part {index + 1} of {count})')

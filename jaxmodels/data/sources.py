@@ -2,14 +2,14 @@
 
 from jaxmodels.data import local
 from jaxmodels.data import tfds_source
-from jaxmodels.data.dataset import ImageClassificationData
+from jaxmodels.data.dataset import ImageClassificationData, process_part
 from jaxmodels.data.errors import DataError, DataUnavailableError
 
 SOURCES = ('auto', 'local', 'tfds')
 
 
-def load_dataset(name: str, *, source: str = 'auto', local_dir=None,
-                 data_dir=None) -> ImageClassificationData:
+def load_dataset(name: str, *, source: str = 'auto', local_dir=None, data_dir=None,
+                 process_index: int = 0, process_count: int = 1) -> ImageClassificationData:
   """Loads dataset `name` with uint8 NHWC images and int32 labels.
 
   Args:
@@ -21,30 +21,30 @@ def load_dataset(name: str, *, source: str = 'auto', local_dir=None,
       download (fails within seconds when offline).
     local_dir: directory of raw files; for 'local' None means autodetect.
     data_dir: tfds data directory (None: tfds' default).
+    process_index, process_count: in a multi-process run, each process gets
+      only its contiguous part of each split.
 
   Raises:
     DataUnavailableError: no local copy and no way to download.
     DataError: unknown source, or bad files.
   """
-  if source == 'local':
-    directory = local_dir or local.find_local_dir(name)
-    if directory is None:
+  if source not in SOURCES:
+    raise DataError(f'unknown data source {source!r}: use one of {SOURCES}')
+  if source == 'tfds':
+    directory = None
+  elif local_dir:
+    directory = local_dir
+  elif source == 'auto' and tfds_source.is_prepared(name, data_dir):
+    directory = None  # Cheap check: never imports TensorFlow.
+  else:
+    directory = local.find_local_dir(name)
+    if directory is None and source == 'local':
       raise DataUnavailableError(
           f'no local copy of {name!r} found (searched '
           f'{", ".join(local.search_dirs(name))}): pass '
           f'--config.data.local_dir=/path/to/dir holding '
           f'{local.expected_files(name)}, or set {local.ENV_VAR}')
-    return local.load_local(name, directory)
-  if source == 'tfds':
-    return tfds_source.load_tfds(name, data_dir=data_dir)
-  if source == 'auto':
-    if local_dir:
-      return local.load_local(name, local_dir)
-    # Checking for prepared tfds data is cheap and never imports TensorFlow.
-    if tfds_source.is_prepared(name, data_dir):
-      return tfds_source.load_tfds(name, data_dir=data_dir, download=False)
-    directory = local.find_local_dir(name)
-    if directory is not None:
-      return local.load_local(name, directory)
-    return tfds_source.load_tfds(name, data_dir=data_dir)
-  raise DataError(f'unknown data source {source!r}: use one of {SOURCES}')
+  if directory is not None:
+    return process_part(local.load_local(name, directory), process_index, process_count)
+  return tfds_source.load_tfds(name, data_dir=data_dir, process_index=process_index,
+                               process_count=process_count)

@@ -106,8 +106,8 @@ def is_prepared(name: str, data_dir=None) -> bool:
     return False  # Unknown name or unreadable metadata: not servable.
 
 
-def load_tfds(name: str, *, data_dir=None,
-              download: bool = True) -> ImageClassificationData:
+def load_tfds(name: str, *, data_dir=None, download: bool = True,
+              process_index: int = 0, process_count: int = 1) -> ImageClassificationData:
   """Loads the 'train' and 'test' splits of tfds dataset `name` into numpy.
 
   The dataset needs `image` and `label` features.
@@ -116,6 +116,8 @@ def load_tfds(name: str, *, data_dir=None,
     name: tfds name, e.g. 'mnist', 'fashion_mnist', 'cifar10'.
     data_dir: tfds data directory (None: tfds' default).
     download: whether to download and prepare a missing dataset.
+    process_index, process_count: read only this process's contiguous part of
+      each split (`tfds.even_splits`), for multi-process input.
 
   Returns:
     Images uint8 `(N, H, W, C)`, labels int32 `(N,)`, tfds class names.
@@ -138,8 +140,10 @@ def load_tfds(name: str, *, data_dir=None,
   if 'image' not in features or 'label' not in features:
     raise DataError(f'tfds dataset {name!r} has features {list(features)}: '
                     "expected 'image' and 'label'")
-  train_x, train_y = _read_split(tfds, builder, name, 'train')
-  test_x, test_y = _read_split(tfds, builder, name, 'test')
+  part = lambda split: (split if process_count == 1 else
+                        tfds.even_splits(split, process_count)[process_index])
+  train_x, train_y = _read_split(tfds, builder, name, 'train', part('train'))
+  test_x, test_y = _read_split(tfds, builder, name, 'test', part('test'))
   names = tuple(features['label'].names)
   known = CLASS_NAMES.get(_base_name(name))
   if known and len(known) == len(names) and names == _numbered(len(names)):
@@ -147,7 +151,8 @@ def load_tfds(name: str, *, data_dir=None,
   return ImageClassificationData(
       train_images=train_x, train_labels=train_y, test_images=test_x,
       test_labels=test_y, num_classes=len(names), class_names=names,
-      source=f'tfds:{name}')
+      source=f'tfds:{name}' + (f' (part {process_index + 1} of {process_count})'
+                                if process_count > 1 else ''))
 
 
 def _numbered(n):
@@ -176,13 +181,13 @@ def _download(tfds, builder, name, download):
         f'{one_line(e)}). {_OFFLINE_HINT}') from e
 
 
-def _read_split(tfds, builder, name, split):
+def _read_split(tfds, builder, name, split, read_split):
   """`(images uint8 (N, H, W, C), labels int32 (N,))` of one split."""
   splits = builder.info.splits
   if splits and split not in splits:  # Mocked builders list no splits.
     raise DataError(f'tfds dataset {name!r} has no {split!r} split '
                     f'(has {list(splits)}): pick a dataset with train/test')
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = builder.as_dataset(split=read_split, shuffle_files=False)
   # Like as_supervised=True, but also for datasets without supervised_keys.
   ds = ds.map(lambda example: (example['image'], example['label']))
   # batch_size=-1 crashes under tfds.testing.mock_data: read in chunks.

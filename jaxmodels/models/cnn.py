@@ -59,26 +59,41 @@ class Cifar10CNN(ThreeConvCNN):
   dropout: float = 0.3
 
 
-class ConvNet(nn.Module):
-  """VGG-style: per stage `convs_per_stage` x (conv3x3 -> BN -> ReLU), then max-pool 2.
+class ConvStage(nn.Module):
+  """`convs` x (conv3x3 -> BN -> ReLU), then max-pool 2."""
+  width: int
+  convs: int = 2
+  dtype: jnp.dtype = jnp.float32
 
-  After the last stage: global average pool -> dropout -> Dense(num_classes).
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for _ in range(self.convs):
+      x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+      x = nn.relu(x)
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class ConvNet(nn.Module):
+  """VGG-style: one `ConvStage` per width, then global average pool -> dropout -> Dense.
+
+  remat: recompute each stage's activations in the backward pass instead of
+  keeping them (less memory, about one more forward pass of compute).
   """
   num_classes: int = 10
   widths: Sequence[int] = (32, 64, 128)
   convs_per_stage: int = 2
   dropout: float = 0.2
+  remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    # static_argnums counts self: `train` (argument 2) picks the code path, so it must be static.
+    stage = nn.remat(ConvStage, static_argnums=(2,)) if self.remat else ConvStage
     x = x.astype(self.dtype)
-    for width in self.widths:
-      for _ in range(self.convs_per_stage):
-        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
-        x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    for i, width in enumerate(self.widths):
+      x = stage(width, self.convs_per_stage, self.dtype, name=f'stage{i}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -2,16 +2,18 @@
 logging, callbacks and a progress bar. Also `make_evaluate_fn` for whole-split eval."""
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxmodels.data.batching import epoch_batch_indices, padded_batch, take_batch
+from jaxmodels.data.batching import (epoch_batch_indices, eval_batch_indices, num_shards,
+                                     per_shard_batch, shard_examples, take_batch)
 from jaxmodels.errors import InputError
 from jaxmodels.train.callbacks import Callback
 from jaxmodels.train.metrics import merge, summarize
@@ -39,25 +41,55 @@ def _zeros_like_shapes(tree):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
 
-def make_evaluate_fn(eval_step: Callable, batch_size: int) -> Callable:
-  """Returns jitted `evaluate(state, inputs, labels) -> metrics` over a whole split.
+def single_device_mesh() -> Mesh:
+  """The mesh `fit` uses when given none: the first local device, axis 'data'."""
+  return Mesh(np.array(jax.local_devices()[:1]), ('data',))
 
-  All examples count: the last batch is padded and masked. One dispatch.
+
+def _batch_axes(mesh: Mesh, batch_axes):
+  return tuple(batch_axes or (a for a in ('data', 'fsdp') if a in mesh.axis_names))
+
+
+class Evaluator:
+  """Metrics of `eval_step` over a whole split, placed on the mesh once; one dispatch per call.
+
+  Every example counts exactly once: shards are padded and padding masked.
   """
 
-  @jax.jit
-  def evaluate(state, inputs, labels):
-    num_batches = math.ceil(inputs.shape[0] / batch_size)
-    batch_of = lambda i: padded_batch(inputs, labels, i, batch_size)
-    zeros = _zeros_like_shapes(jax.eval_shape(eval_step, state, batch_of(0)))
+  def __init__(self, eval_step: Callable, inputs, labels, batch_size: int,
+               mesh: Mesh | None = None, batch_axes=None):
+    mesh = mesh or single_device_mesh()
+    axes = _batch_axes(mesh, batch_axes)
+    self._inputs, self._labels, self._valid = shard_examples(mesh, axes, inputs, labels, pad=True)
+    shards = num_shards(mesh, axes)
+    shard_size = self._inputs.shape[0] // shards
+    # Evaluation has no batch semantics: round up so that every shard gets the same share.
+    batch_size = -(-batch_size // shards) * shards
+    self._indices, self._masks = eval_batch_indices(mesh, axes, shard_size, batch_size)
 
-    def body(acc, i):
-      return merge(acc, eval_step(state, batch_of(i))), None
+    def run(state, arrays, indices, masks):
+      def batch_of(i):
+        batch = take_batch(arrays, indices[i], mesh, axes)
+        return {'inputs': batch['inputs'], 'labels': batch['labels'],
+                'mask': batch['valid'] * masks[i]}
 
-    metrics, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
-    return metrics
+      zeros = _zeros_like_shapes(jax.eval_shape(eval_step, state, batch_of(0)))
+      body = lambda acc, i: (merge(acc, eval_step(state, batch_of(i))), None)
+      metrics, _ = jax.lax.scan(body, zeros, jnp.arange(indices.shape[0]))
+      return metrics
 
-  return evaluate
+    self._run = jax.jit(run, out_shardings=NamedSharding(mesh, P()))
+
+  def __call__(self, state):
+    arrays = {'inputs': self._inputs, 'labels': self._labels, 'valid': self._valid}
+    return self._run(state, arrays, self._indices, self._masks)
+
+
+def make_evaluate_fn(eval_step: Callable, batch_size: int, mesh: Mesh | None = None,
+                     batch_axes=None) -> Callable:
+  """Returns `evaluate(state, inputs, labels) -> metrics` over a whole split (see `Evaluator`)."""
+  return lambda state, inputs, labels: Evaluator(
+      eval_step, inputs, labels, batch_size, mesh, batch_axes)(state)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -67,36 +99,55 @@ def _scalars(metrics: dict) -> dict:
 class _StepRunner:
   """Compiles `k` train steps per dispatch, once per distinct k, ahead of time.
 
+  Built once with the state's shardings in and out and the state donated.
   Ahead-of-time compilation keeps compile time out of the throughput figures.
   """
 
-  def __init__(self, train_step, state, inputs, labels, batch_indices, donate):
-    self._train_step, self._donate = train_step, donate
+  def __init__(self, train_step, state, arrays, batch_indices, mesh, axes, donate):
+    self._train_step, self._mesh, self._axes = train_step, mesh, axes
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    replicated = NamedSharding(mesh, P())
+    self._jit_kwargs = dict(
+        in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, arrays),
+                      batch_indices.sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,) if donate else ())
     # Shapes only: the live state's buffers are donated by the first dispatch.
-    self._args = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        (state, inputs, labels, batch_indices, jnp.zeros((), jnp.int32)))
+    self._args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                              (state, arrays, batch_indices, jnp.zeros((), jnp.int32)))
     self._compiled, self.compile_seconds = {}, 0.0
 
-  def _run(self, state, inputs, labels, batch_indices, offset, *, num_steps):
+  def _run(self, state, arrays, batch_indices, offset, *, num_steps):
     indices = jax.lax.dynamic_slice_in_dim(batch_indices, offset, num_steps)
-    # A Python loop, unrolled at trace time: XLA:CPU runs convolutions several
-    # times slower inside a while loop (lax.scan / fori_loop).
+    # A Python loop, unrolled at trace time: XLA:CPU runs convolution gradients
+    # several times slower inside a while loop (lax.scan / fori_loop).
     metrics = None
     for i in range(num_steps):
-      state, step_metrics = self._train_step(state, take_batch(inputs, labels, indices[i]))
+      batch = take_batch(arrays, indices[i], self._mesh, self._axes)
+      state, step_metrics = self._train_step(state, batch)
       metrics = step_metrics if metrics is None else merge(metrics, step_metrics)
     return state, metrics
 
-  def __call__(self, num_steps, state, inputs, labels, batch_indices, offset):
+  def __call__(self, num_steps, state, arrays, batch_indices, offset):
     if num_steps not in self._compiled:
       start = time.perf_counter()
-      jitted = jax.jit(functools.partial(self._run, num_steps=num_steps),
-                       donate_argnums=(0,) if self._donate else ())
+      jitted = jax.jit(functools.partial(self._run, num_steps=num_steps), **self._jit_kwargs)
       self._compiled[num_steps] = jitted.lower(*self._args).compile()
       self.compile_seconds += time.perf_counter() - start
-    return self._compiled[num_steps](state, inputs, labels, batch_indices,
-                                     jnp.asarray(offset, jnp.int32))
+    return self._compiled[num_steps](state, arrays, batch_indices, jnp.asarray(offset, jnp.int32))
+
+
+def _place_state(state, mesh: Mesh):
+  """Leaves already on `mesh` keep their sharding; others are replicated onto it."""
+  replicated = NamedSharding(mesh, P())
+
+  def place(x):
+    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+
+  return jax.tree.map(place, state)
 
 
 def _check_batch_fits(train_step, state, batch):
@@ -115,22 +166,32 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
         eval_step: Callable | None = None, eval_data=None, eval_every_steps: int | None = None,
         eval_batch_size: int | None = None, log_every_steps: int = 100,
         steps_per_dispatch: int = 1, callbacks: Sequence[Callback] = (), writer=None,
-        progress: bool = True, data_rng: jax.Array | None = None, donate: bool = True):
+        progress: bool = True, data_rng: jax.Array | None = None, donate: bool = True,
+        mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None):
   """Trains until `num_steps` (or `num_epochs` epochs) in total; returns (state, History).
 
-  train_data / eval_data: (inputs (N, ...), labels (N, ...)) arrays; placed on the
-  device once. train_step(state, batch) -> (state, metrics) is pure; fit jits it,
-  running `steps_per_dispatch` steps per call, and syncs with the host only every
+  train_data / eval_data: (inputs (N, ...), labels (N, ...)) host arrays, this
+  process's part in a multi-process run; placed once on the devices of `mesh`
+  (default: one device), split over `batch_axes` (default: 'data' and 'fsdp').
+  `batch_size` is global. train_step(state, batch) -> (state, metrics) is pure;
+  fit jits it once with the state's shardings and donation, running
+  `steps_per_dispatch` steps per call, and syncs with the host only every
   `log_every_steps`. Evaluation runs every `eval_every_steps` (default: each
   epoch) and at the end. Resumes from `state.step`.
   """
-  inputs, labels = (jax.device_put(x) for x in train_data)
-  num_examples = inputs.shape[0]
-  if not 0 < batch_size <= num_examples:
-    raise InputError(f'batch_size must be in [1, {num_examples}] (the training set size), got {batch_size}')
-  steps_per_epoch = num_examples // batch_size
+  mesh = mesh or single_device_mesh()
+  axes = _batch_axes(mesh, batch_axes)
+  if batch_size <= 0:
+    raise InputError(f'batch_size must be > 0, got {batch_size}')
   if (num_steps is None) == (num_epochs is None):
     raise InputError('pass exactly one of num_steps and num_epochs')
+  state = _place_state(state, mesh)
+  inputs, labels = shard_examples(mesh, axes, *train_data)
+  shard_size = inputs.shape[0] // num_shards(mesh, axes)
+  steps_per_epoch = shard_size // per_shard_batch(mesh, axes, batch_size)
+  if steps_per_epoch == 0:
+    raise InputError(f'batch_size {batch_size} is larger than the training set '
+                     f'({inputs.shape[0]} examples)')
   total_steps = num_steps if num_steps is not None else num_epochs * steps_per_epoch
   eval_every = eval_every_steps or steps_per_epoch
   data_rng = jax.random.PRNGKey(0) if data_rng is None else data_rng
@@ -138,29 +199,31 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   if eval_step is not None:
     if eval_data is None:
       raise InputError('eval_step was given without eval_data')
-    eval_inputs, eval_labels = (jax.device_put(x) for x in eval_data)
-    evaluate = make_evaluate_fn(eval_step, eval_batch_size or batch_size)
+    evaluate = Evaluator(eval_step, *eval_data, eval_batch_size or batch_size, mesh, axes)
 
   step = int(state.step)
   epoch, position = divmod(step, steps_per_epoch)
-  indices_for_epoch = jax.jit(epoch_batch_indices, static_argnums=(2, 3))
-  batch_indices = indices_for_epoch(data_rng, epoch, num_examples, batch_size)
-  _check_batch_fits(train_step, state, take_batch(inputs, labels, batch_indices[0]))
-  runner = _StepRunner(train_step, state, inputs, labels, batch_indices, donate)
+  indices_for_epoch = jax.jit(epoch_batch_indices, static_argnums=(2, 3, 4, 5))
+  new_epoch = lambda epoch: indices_for_epoch(data_rng, epoch, mesh, axes, shard_size, batch_size)
+  batch_indices = new_epoch(epoch)
+  arrays = {'inputs': inputs, 'labels': labels}
+  _check_batch_fits(train_step, state, take_batch(arrays, batch_indices[0], mesh, axes))
+  runner = _StepRunner(train_step, state, arrays, batch_indices, mesh, axes, donate)
   history = History()
   for cb in callbacks:
     cb.on_fit_start(state)
 
-  bar = tqdm(total=total_steps, initial=step, unit='step', dynamic_ncols=True, disable=not progress)
+  bar = tqdm(total=total_steps, initial=step, unit='step', dynamic_ncols=True,
+             disable=not progress or jax.process_index() != 0)
   pending, images_since = None, 0
   timer, compiled_at_timer = time.perf_counter(), 0.0
   while step < total_steps and not any(cb.stop_training for cb in callbacks):
     if position == steps_per_epoch:
       epoch, position = epoch + 1, 0
-      batch_indices = indices_for_epoch(data_rng, epoch, num_examples, batch_size)
+      batch_indices = new_epoch(epoch)
     k = min(steps_per_dispatch, steps_per_epoch - position, total_steps - step,
             log_every_steps - step % log_every_steps, eval_every - step % eval_every)
-    state, metrics = runner(k, state, inputs, labels, batch_indices, position)
+    state, metrics = runner(k, state, arrays, batch_indices, position)
     pending = metrics if pending is None else merge(pending, metrics)
     step, position, images_since = step + k, position + k, images_since + k * batch_size
     bar.update(k)
@@ -183,13 +246,14 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
       timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
 
     if eval_step is not None and (step % eval_every == 0 or step == total_steps):
-      logs = _scalars(evaluate(state, eval_inputs, eval_labels))
+      logs = _scalars(evaluate(state))
       history.eval.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
       if writer is not None:
         writer.write_scalars(step, {f'eval/{k}': v for k, v in logs.items()})
       for cb in callbacks:
         cb.on_eval(step, logs, state)
-      bar.write(f'step {step}: ' + ', '.join(f'eval_{k}={v:.4f}' for k, v in logs.items()))
+      if jax.process_index() == 0:
+        bar.write(f'step {step}: ' + ', '.join(f'eval_{k}={v:.4f}' for k, v in logs.items()))
       # Keep eval time out of train throughput.
       timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
   bar.close()

@@ -22,35 +22,90 @@ def _weights(batch, losses):
   return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (losses.ndim - mask.ndim)), losses.shape)
 
 
+def _split_micro_batches(batch, num: int):
+  """(B, ...) leaves -> (num, B / num, ...); microbatch i takes rows i, i + num, ...
+
+  Strided rows keep each microbatch spread over the whole (sharded) batch, so
+  no device sits idle while another holds the microbatch.
+  """
+  def split(x):
+    if x.shape[0] % num:
+      raise ValueError(f'batch of {x.shape[0]} does not split into {num} micro-batches')
+    return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
                     metrics_fn: Callable | None = None,
-                    learning_rate_fn: Callable | None = None) -> Callable:
+                    learning_rate_fn: Callable | None = None, *,
+                    micro_batches: int = 1, axis_name=None) -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`.
 
   apply_fn: `Model.apply`. loss_fn(outputs, batch) -> per-example losses.
   metrics_fn(outputs, batch, losses, weights) -> dict of mergeable metrics.
   The step also reports 'loss', 'grad_norm', 'param_norm' and, with
   learning_rate_fn, 'learning_rate' (each a `Mean`, so steps merge by addition).
+
+  micro_batches: accumulate gradients over this many slices of the batch (a
+    `lax.scan`), then update once; the update equals one step on the whole
+    batch, with the activation memory of one slice.
+  axis_name: mesh axis (or axes) to reduce over when the step runs per device
+    under `jax.shard_map` (the pmap style): gradients are `lax.pmean`ed,
+    metric sums `psum`ed and model state (batch statistics) `pmean`ed.
   """
 
-  def train_step(state: TrainState, batch):
-    rngs = step_rngs(state, 'dropout')
+  def grads_of_sum(state, batch, rngs):
+    """Gradients of the weighted loss *sum* (not mean), so slices and devices add up."""
 
     def objective(params):
       variables = {'params': params, **state.model_state}
       outputs, model_state = apply_fn(variables, batch['inputs'], train=True, rngs=rngs)
       losses = loss_fn(outputs, batch)
       weights = _weights(batch, losses)
-      loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-      return loss, (outputs, model_state, losses, weights)
+      metrics = dict(metrics_fn(outputs, batch, losses, weights)) if metrics_fn else {}
+      metrics['loss'] = Mean.of(losses, weights)
+      return jnp.sum(losses * weights), (model_state, metrics, jnp.sum(weights))
 
-    (_, (outputs, model_state, losses, weights)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+    (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    return grads, aux
+
+  def accumulate(state, batch, rngs):
+    if micro_batches == 1:
+      return grads_of_sum(state, batch, rngs)
+
+    def body(carry, micro):
+      grads, model_state, metrics, count = carry
+      i, micro_batch = micro
+      micro_rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
+      g, (model_state, m, c) = grads_of_sum(state.replace(model_state=model_state), micro_batch,
+                                            micro_rngs)
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
+      return (add(grads, g), model_state, add(metrics, m), count + c), None
+
+    micro = (jnp.arange(micro_batches), _split_micro_batches(batch, micro_batches))
+    shapes = jax.eval_shape(grads_of_sum, state, jax.tree.map(lambda x: x[0], micro[1]), rngs)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    carry = (zeros[0], state.model_state, zeros[1][1], zeros[1][2])
+    (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro)
+    return grads, (model_state, metrics, count)
+
+  def train_step(state: TrainState, batch):
+    rngs = step_rngs(state, 'dropout')
+    if axis_name is not None:  # Each device draws its own dropout masks.
+      rngs = {k: jax.random.fold_in(v, jax.lax.axis_index(axis_name)) for k, v in rngs.items()}
+    grads, (model_state, metrics, count) = accumulate(state, batch, rngs)
+    if axis_name is not None:
+      # pmean of sums over pmean of counts = the global mean, whatever each device's mask.
+      grads = jax.lax.pmean(grads, axis_name)
+      count = jax.lax.pmean(count, axis_name)
+      metrics = jax.lax.psum(metrics, axis_name)
+      model_state = jax.tree.map(  # Batch statistics; integer leaves (counters) agree already.
+          lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+          model_state)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    metrics = dict(metrics_fn(outputs, batch, losses, weights)) if metrics_fn else {}
-    metrics['loss'] = Mean.of(losses, weights)
     metrics['grad_norm'] = Mean.of(optax.tree.norm(grads))
     metrics['param_norm'] = Mean.of(optax.tree.norm(params))
     if learning_rate_fn is not None:

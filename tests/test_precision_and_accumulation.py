@@ -1,0 +1,88 @@
+"""Gradient accumulation equals one big batch; bf16 compute trains like f32;
+rematerialisation changes memory, not numbers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+import jaxmodels as jm
+from jaxmodels.models import ConvNet, SmallCNN, ThreeConvCNN
+
+
+def _batch(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'inputs': rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+          'labels': rng.integers(0, 10, n).astype(np.int32),
+          'mask': (rng.random(n) > 0.2).astype(np.float32)}
+
+
+@pytest.mark.parametrize('micro_batches', [2, 4])
+def test_accumulating_k_micro_batches_equals_one_step_on_k_times_b(micro_batches):
+  batch = _batch()
+  model = jm.linen_model(ThreeConvCNN(widths=(8, 16), dense=32))
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), batch['inputs'][:1])
+  make = lambda k: jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
+                                              jm.classification_metrics(10), micro_batches=k))
+  whole, accumulated = state, state
+  for _ in range(3):
+    whole, whole_metrics = make(1)(whole, batch)
+    accumulated, acc_metrics = make(micro_batches)(accumulated, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               whole.params, accumulated.params)
+  for key in ('loss', 'accuracy', 'grad_norm'):
+    assert jm.summarize(acc_metrics)[key] == pytest.approx(jm.summarize(whole_metrics)[key], rel=1e-5)
+
+
+def test_micro_batches_must_divide_the_batch():
+  model = jm.linen_model(SmallCNN())
+  tx = optax.sgd(0.1)
+  batch = _batch(n=10)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), batch['inputs'][:1])
+  step = jm.make_train_step(model.apply, jm.classification_loss(), tx, micro_batches=4)
+  with pytest.raises(ValueError, match='does not split into 4 micro-batches'):
+    step(state, batch)
+
+
+def _fit_on_mock_mnist(dtype):
+  with tfds.testing.mock_data(num_examples=128):
+    data = jm.load_dataset('mnist', source='tfds')
+  model = jm.linen_model(SmallCNN(dtype=dtype))
+  tx = jm.make_optimizer('adam', 3e-3)
+  inputs = (data.train_images / 255.0).astype(np.float32)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), inputs[:1])
+  step = jm.make_train_step(model.apply, jm.classification_loss(), tx, jm.classification_metrics(10))
+  state, history = jm.fit(state, step, (inputs, data.train_labels), batch_size=32, num_steps=96,
+                          log_every_steps=8, progress=False, steps_per_dispatch=8)
+  return model, state, inputs, np.array([r['loss'] for r in history.train])
+
+
+def test_bf16_compute_trains_into_the_f32_loss_band_with_f32_params():
+  _, f32_state, _, f32 = _fit_on_mock_mnist(jnp.float32)
+  model, bf16_state, inputs, bf16 = _fit_on_mock_mnist(jnp.bfloat16)
+  # The policy: parameters and optimiser state stay float32, the convolutions run in bf16.
+  assert {x.dtype for x in jax.tree.leaves((bf16_state.params, bf16_state.opt_state))
+          if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+  jaxpr = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, inputs[:2], train=False))(
+      bf16_state.params))
+  assert 'conv_general_dilated' in jaxpr and 'bf16[2,26,26,32]' in jaxpr
+  # Random mock labels: both memorise them at the same pace.
+  assert f32[-1] < 0.5 * f32[0] and bf16[-1] < 0.5 * bf16[0]
+  np.testing.assert_allclose(bf16, f32, rtol=0.15)
+
+
+def test_remat_gives_the_same_gradients():
+  batch = _batch()
+  grads = []
+  for remat in (False, True):
+    model = jm.linen_model(ConvNet(widths=(4, 8), remat=remat))
+    state = jm.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), batch['inputs'][:1])
+    loss = lambda p, model=model, state=state: jm.softmax_cross_entropy(model.apply(
+        {'params': p, **state.model_state}, batch['inputs'], train=True,
+        rngs={'dropout': jax.random.PRNGKey(1)})[0], batch['labels']).mean()
+    grads.append(jax.grad(loss)(state.params))
+    # The recomputation shows up as a remat (jax.checkpoint) primitive in the gradient.
+    assert ('remat' in str(jax.make_jaxpr(jax.grad(loss))(state.params))) == remat
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
