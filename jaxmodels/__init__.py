@@ -3,9 +3,10 @@
 The small functions below compose into a training program; `jaxmodels.tasks`
 has complete ones, and `experiments/` wraps those in command lines.
 """
-from jaxmodels import data, models, report
+from jaxmodels import checkpoint, data, models, parallel, report
 from jaxmodels.data import load_dataset, make_augment, normalize
-from jaxmodels.errors import ConfigError, DataError, DataUnavailableError, InputError
+from jaxmodels.errors import (CheckpointError, ConfigError, DataError, DataUnavailableError,
+                              InputError, NonFiniteError, Preempted)
 from jaxmodels.train import (Callback, EarlyStopping, History, LambdaCallback, Mean, Model,
                              TrainState, as_model, classification_loss, classification_metrics,
                              classification_report, confusion_matrix, create_train_state,

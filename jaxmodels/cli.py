@@ -1,7 +1,9 @@
 """Command-line entry for experiments: `--config` (ml_collections), `--config.x=value`
 overrides, `--workdir`; user errors become one line on stderr and exit code 2.
 
-Exit codes: 0 done, 2 bad input (config, data, workdir), 130 interrupted.
+Exit codes: 0 done; 2 bad input (config, data, workdir, checkpoint); 3 the loss
+became NaN/inf; 75 preempted (SIGTERM/SIGINT: a checkpoint was saved, run the same
+command to resume); 130 interrupted without a checkpoint.
 """
 import difflib
 import importlib.util
@@ -13,6 +15,8 @@ from collections.abc import Callable
 import ml_collections
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: try again (schedulers requeue on it).
 EXIT_INTERRUPTED = 130
 
 
@@ -35,8 +39,9 @@ def flatten(config, prefix: str = '') -> dict:
   return out
 
 
-def unknown_override(config, argv) -> str | None:
-  """A one-line message for the first `--config.<key>` in argv that names no field, else None."""
+def check_overrides(config, argv) -> None:
+  """ConfigError (one line) for the first `--config.<key>` in argv that names no field."""
+  from jaxmodels.errors import ConfigError
   known = flatten(config)
   for arg in argv:
     if not arg.startswith('--config.'):
@@ -46,8 +51,7 @@ def unknown_override(config, argv) -> str | None:
       continue
     close = difflib.get_close_matches(key, known, n=3)
     hint = f'did you mean {" or ".join(close)}?' if close else 'run with --help to list the keys'
-    return f'unknown config key {key!r}; {hint}'
-  return None
+    raise ConfigError(f'unknown config key {key!r}; {hint}')
 
 
 def config_help(config) -> str:
@@ -67,8 +71,10 @@ def usage(doc: str, default_workdir: str, config) -> str:
       '    cluster (GPU clusters without SLURM). TPU pods and SLURM jobs need none of them.',
       '  --helpfull: every flag, including absl\'s own.', '',
       config_help(config), '',
-      f'exit codes: 0 done, {EXIT_BAD_INPUT} bad input (config, data, workdir), '
-      f'{EXIT_INTERRUPTED} interrupted.'])
+      f'exit codes: 0 done; {EXIT_BAD_INPUT} bad input (config, data, workdir, checkpoint); '
+      f'{EXIT_DIVERGED} loss became NaN/inf;',
+      f'  {EXIT_PREEMPTED} preempted by SIGTERM/SIGINT after saving a checkpoint (run the same '
+      f'command to resume); {EXIT_INTERRUPTED} interrupted.'])
 
 
 def run(train_fn: Callable, experiment_file: str) -> None:
@@ -85,18 +91,20 @@ def run(train_fn: Callable, experiment_file: str) -> None:
   # JAX logs each accelerator backend it fails to find (libtpu, CUDA) at INFO.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   from absl import app, flags
+  from absl import logging as absl_logging
   from ml_collections import config_flags
 
-  from jaxmodels.errors import USER_ERRORS
+  from jaxmodels.errors import USER_ERRORS, NonFiniteError, Preempted
 
   defaults = load_config_file(config_file)
   if {'-h', '--help', '-?', '--helpshort'} & set(sys.argv[1:]):
     # absl's --help shows only flags defined in __main__ and exits 1; this lists ours and exits 0.
     print(usage(sys.modules['__main__'].__doc__ or '', default_workdir, defaults))
     sys.exit(0)
-  problem = unknown_override(defaults, sys.argv[1:])
-  if problem:
-    print(f'error: {problem}', file=sys.stderr)
+  try:
+    check_overrides(defaults, sys.argv[1:])
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
 
   config_flag = config_flags.DEFINE_config_file('config', config_file, config_help(defaults),
@@ -111,6 +119,10 @@ def run(train_fn: Callable, experiment_file: str) -> None:
   process_id_flag = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 
   def main(argv):
+    # Libraries (orbax above all) log dozens of INFO lines per checkpoint; keep ours and warnings.
+    absl_logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= logging.WARNING or f'{os.sep}jaxmodels{os.sep}' in
+        record.pathname)
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     from jaxmodels import parallel
@@ -121,6 +133,12 @@ def run(train_fn: Callable, experiment_file: str) -> None:
     except USER_ERRORS as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(EXIT_BAD_INPUT)
+    except NonFiniteError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(EXIT_DIVERGED)
+    except Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:
       print('interrupted', file=sys.stderr)
       sys.exit(EXIT_INTERRUPTED)

@@ -14,6 +14,27 @@ class InputError(ValueError):
   """A batch or array whose shape, dtype or values do not fit the model."""
 
 
-USER_ERRORS = (ConfigError, InputError, DataError)
+class CheckpointError(ValueError):
+  """A checkpoint that does not fit this run (other model or config) or cannot be read."""
 
-__all__ = ['ConfigError', 'InputError', 'DataError', 'DataUnavailableError', 'USER_ERRORS']
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient norm became NaN/inf; `step` is the first bad step when known."""
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
+
+
+class Preempted(Exception):  # noqa: N818 - a signal, not a failure.
+  """SIGTERM/SIGINT (or a pod preemption notice) stopped the run after saving at `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted: saved a checkpoint at step {step}; run the same command to resume')
+    self.step = step
+
+
+USER_ERRORS = (ConfigError, InputError, DataError, CheckpointError)
+
+__all__ = ['ConfigError', 'InputError', 'DataError', 'DataUnavailableError', 'CheckpointError',
+           'NonFiniteError', 'Preempted', 'USER_ERRORS']

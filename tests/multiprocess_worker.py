@@ -14,6 +14,7 @@ os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={4 // num_pro
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 import jaxmodels as jm  # noqa: E402
 from jaxmodels import parallel  # noqa: E402
@@ -50,9 +51,27 @@ state, history = jm.fit(state, train_step, (images[mine], labels[mine]), batch_s
                         num_steps=6, log_every_steps=3, mesh=mesh, progress=False)
 fit_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
 
+# 3. FSDP across both processes with orbax checkpoints in a directory they share.
+from jaxmodels.checkpoint import Checkpointer, restore_or_init  # noqa: E402
+fsdp_mesh = parallel.make_mesh({'data': 2, 'fsdp': 2})
+state, shardings = parallel.create_sharded_state(init, jax.random.PRNGKey(0), fsdp_mesh,
+                                                 fsdp_min_size=64)
+directory = os.path.join(os.path.dirname(out), f'checkpoints-{num_processes}')
+state, _ = jm.fit(state, train_step, (images[mine], labels[mine]), batch_size=32, num_steps=6,
+                  log_every_steps=3, mesh=fsdp_mesh, progress=False,
+                  checkpointer=Checkpointer(directory, save_every_steps=3))
+restored, meta = restore_or_init(Checkpointer(directory), init, jax.random.PRNGKey(5), shardings)
+assert meta is not None and int(restored.step) == 6 and Checkpointer(directory).steps == [3, 6]
+gather = lambda tree: jax.tree.map(
+    lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
+jax.tree.map(np.testing.assert_array_equal, gather(restored.params), gather(state.params))
+ckpt_params = gather(restored.params)
+
 flat = {f'step/{parallel.leaf_path(p)}': v
         for p, v in jax.tree_util.tree_flatten_with_path(step_params)[0]}
 flat.update({f'fit/{parallel.leaf_path(p)}': v
              for p, v in jax.tree_util.tree_flatten_with_path(fit_params)[0]})
+flat.update({f'ckpt/{parallel.leaf_path(p)}': v
+             for p, v in jax.tree_util.tree_flatten_with_path(ckpt_params)[0]})
 flat['fit_losses'] = np.array([r['loss'] for r in history.train])
 np.savez(out, **flat)

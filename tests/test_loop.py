@@ -63,7 +63,7 @@ def test_periodic_eval_and_callbacks():
   data = _data()
   _, state, step, eval_step = _setup()
   seen = []
-  callback = jm.LambdaCallback(on_eval=lambda s, logs, st: seen.append((s, int(st.step))))
+  callback = jm.LambdaCallback(on_eval_end=lambda s, logs, st: seen.append((s, int(st.step))))
   _, history = jm.fit(state, step, data, batch_size=16, num_steps=20, eval_step=eval_step,
                       eval_data=_data(40, seed=1), eval_every_steps=8, callbacks=[callback],
                       progress=False)

@@ -159,7 +159,7 @@ def _read_cifar(paths):
 def _read_npz(path):
   """`(images (N, H, W, C) uint8, labels (N,) int32, class names or None)`."""
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(path) as npz:  # np.load refuses object arrays unless told otherwise.
       arrays = {k: npz[k] for k in npz.files}
   # TypeError: a .npy file (plain array, no context manager) named .npz.
   except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as e:

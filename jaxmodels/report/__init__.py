@@ -1,4 +1,5 @@
 """Run reporting: TensorBoard + JSONL writers, PNG plots, the final summary."""
 from jaxmodels.report.plots import plot_confusion_matrix, plot_history, plot_predictions
 from jaxmodels.report.summary import format_summary, write_summary
-from jaxmodels.report.writers import JsonlWriter, MultiWriter, TensorBoardWriter, create_writer
+from jaxmodels.report.writers import (JsonlWriter, MultiWriter, TensorBoardWriter, create_writer,
+                                      read_logged_rows)

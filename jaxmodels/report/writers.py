@@ -85,3 +85,28 @@ def create_writer(workdir: str, *, enabled: bool = True) -> MultiWriter:
   os.makedirs(workdir, exist_ok=True)
   return MultiWriter([TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
                       JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])
+
+
+def read_logged_rows(workdir: str, max_step: int) -> tuple[list, list]:
+  """(train rows, eval rows) from workdir/metrics.jsonl up to `max_step`, prefixes removed.
+
+  A resumed run uses them to draw its curves from the start. Missing file: ([], []).
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  rows = {'train': [], 'eval': []}
+  if not os.path.exists(path):
+    return rows['train'], rows['eval']
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # A line cut short by a kill.
+      if record.get('step', max_step + 1) > max_step:
+        continue
+      for split in rows:
+        values = {k.split('/', 1)[1]: float(v) for k, v in record.items()
+                  if k.startswith(f'{split}/')}
+        if values:
+          rows[split].append({'step': record['step'], **values})
+  return rows['train'], rows['eval']

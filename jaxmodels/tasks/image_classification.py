@@ -137,7 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   normalize_only = make_preprocess(mean, std, {}, dtype)
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   example = normalize_only(None, {'inputs': jnp.asarray(dataset.train_images[:1])})['inputs']
-  state = common.create_state(model, tx, init_rng, example, config, mesh)
+  checkpointer = common.make_checkpointer(config, workdir, steps_per_epoch)
+  state, resumed = common.restore_or_create_state(model, tx, init_rng, example, config, mesh,
+                                                  checkpointer)
 
   loss_fn = train_lib.classification_loss(train_cfg.label_smoothing)
   metrics_fn = train_lib.classification_metrics(dataset.num_classes)
@@ -153,16 +155,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     callbacks.append(train_lib.EarlyStopping(config.early_stopping.monitor,
                                              config.early_stopping.mode,
                                              config.early_stopping.patience))
+  earlier = report.read_logged_rows(workdir, int(state.step)) if resumed else None
   writer = common.create_writer(workdir)
-  writer.write_text(0, 'config', str(config))
-  state, history = train_lib.fit(
+  if not resumed:
+    writer.write_text(0, 'config', str(config))
+  fit = lambda state: train_lib.fit(
       state, train_step, (dataset.train_images, dataset.train_labels),
       batch_size=train_cfg.batch_size, num_steps=total_steps,
       eval_step=eval_step, eval_data=(dataset.test_images, dataset.test_labels),
       eval_every_steps=train_cfg.eval_every_steps or None,
       eval_batch_size=train_cfg.eval_batch_size, log_every_steps=train_cfg.log_every_steps,
       steps_per_dispatch=train_cfg.steps_per_dispatch, callbacks=callbacks, writer=writer,
-      progress=train_cfg.progress, data_rng=data_rng, mesh=mesh)
+      progress=train_cfg.progress, data_rng=data_rng, mesh=mesh, checkpointer=checkpointer,
+      nan_policy=config.nan.policy)
+  try:
+    state, history = common.fit_with_rollback(fit, state, config, checkpointer)
+  except BaseException:
+    writer.close()
+    raise
+  finally:
+    checkpointer.close()
+  if earlier is not None:  # The curves show the whole run, not just since the resume.
+    history.train[:0], history.eval[:0] = earlier
 
   test = train_lib.summarize(train_lib.make_evaluate_fn(eval_step, train_cfg.eval_batch_size, mesh)(
       state, dataset.test_images, dataset.test_labels))
@@ -181,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       'mesh': dict(mesh.shape),
       'steps': int(state.step),
+      'resumed': resumed,
       'epochs': round(int(state.step) / steps_per_epoch, 3),
       'test': {**test, 'macro_f1': scores['macro_f1'], 'weighted_f1': scores['weighted_f1']},
       'images_per_sec': history.examples_per_sec,

@@ -14,7 +14,7 @@ class Callback:
   def on_train_log(self, step: int, logs: dict, state):
     pass
 
-  def on_eval(self, step: int, logs: dict, state):
+  def on_eval_end(self, step: int, logs: dict, state):
     pass
 
   def on_fit_end(self, state, history):
@@ -23,11 +23,11 @@ class Callback:
 
 
 class LambdaCallback(Callback):
-  """Callback from plain functions, e.g. `LambdaCallback(on_eval=lambda step, logs, state: ...)`."""
+  """Callback from plain functions, e.g. `LambdaCallback(on_eval_end=lambda step, logs, state: ...)`."""
 
-  def __init__(self, on_fit_start=None, on_train_log=None, on_eval=None, on_fit_end=None):
+  def __init__(self, on_fit_start=None, on_train_log=None, on_eval_end=None, on_fit_end=None):
     for name, fn in (('on_fit_start', on_fit_start), ('on_train_log', on_train_log),
-                     ('on_eval', on_eval), ('on_fit_end', on_fit_end)):
+                     ('on_eval_end', on_eval_end), ('on_fit_end', on_fit_end)):
       if fn is not None:
         setattr(self, name, fn)
 
@@ -48,7 +48,7 @@ class EarlyStopping(Callback):
     self.best = math.inf if mode == 'min' else -math.inf
     self.best_step, self.best_state, self.wait = None, None, 0
 
-  def on_eval(self, step, logs, state):
+  def on_eval_end(self, step, logs, state):
     if self.monitor not in logs:
       raise KeyError(f'EarlyStopping monitors {self.monitor!r}, but eval logs have {sorted(logs)}')
     if self._better(logs[self.monitor], self.best):

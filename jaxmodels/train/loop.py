@@ -1,5 +1,5 @@
 """`fit`: run a pure train step over device-resident data, with periodic evaluation,
-logging, callbacks and a progress bar. Also `make_evaluate_fn` for whole-split eval."""
+logging, checkpoints, callbacks and a progress bar."""
 import dataclasses
 import functools
 import time
@@ -12,10 +12,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxmodels.data.batching import (epoch_batch_indices, eval_batch_indices, num_shards,
-                                     per_shard_batch, shard_examples, take_batch)
-from jaxmodels.errors import InputError
+from jaxmodels.data.batching import (epoch_batch_indices, num_shards, per_shard_batch,
+                                     shard_examples, take_batch)
+from jaxmodels.errors import InputError, NonFiniteError, Preempted
 from jaxmodels.train.callbacks import Callback
+from jaxmodels.train.evaluate import Evaluator, _batch_axes, single_device_mesh
+from jaxmodels.train.guards import NAN_POLICIES, PreemptionGuard, skip_nonfinite
 from jaxmodels.train.metrics import merge, summarize
 
 
@@ -39,57 +41,6 @@ class History:
 
 def _zeros_like_shapes(tree):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-
-
-def single_device_mesh() -> Mesh:
-  """The mesh `fit` uses when given none: the first local device, axis 'data'."""
-  return Mesh(np.array(jax.local_devices()[:1]), ('data',))
-
-
-def _batch_axes(mesh: Mesh, batch_axes):
-  return tuple(batch_axes or (a for a in ('data', 'fsdp') if a in mesh.axis_names))
-
-
-class Evaluator:
-  """Metrics of `eval_step` over a whole split, placed on the mesh once; one dispatch per call.
-
-  Every example counts exactly once: shards are padded and padding masked.
-  """
-
-  def __init__(self, eval_step: Callable, inputs, labels, batch_size: int,
-               mesh: Mesh | None = None, batch_axes=None):
-    mesh = mesh or single_device_mesh()
-    axes = _batch_axes(mesh, batch_axes)
-    self._inputs, self._labels, self._valid = shard_examples(mesh, axes, inputs, labels, pad=True)
-    shards = num_shards(mesh, axes)
-    shard_size = self._inputs.shape[0] // shards
-    # Evaluation has no batch semantics: round up so that every shard gets the same share.
-    batch_size = -(-batch_size // shards) * shards
-    self._indices, self._masks = eval_batch_indices(mesh, axes, shard_size, batch_size)
-
-    def run(state, arrays, indices, masks):
-      def batch_of(i):
-        batch = take_batch(arrays, indices[i], mesh, axes)
-        return {'inputs': batch['inputs'], 'labels': batch['labels'],
-                'mask': batch['valid'] * masks[i]}
-
-      zeros = _zeros_like_shapes(jax.eval_shape(eval_step, state, batch_of(0)))
-      body = lambda acc, i: (merge(acc, eval_step(state, batch_of(i))), None)
-      metrics, _ = jax.lax.scan(body, zeros, jnp.arange(indices.shape[0]))
-      return metrics
-
-    self._run = jax.jit(run, out_shardings=NamedSharding(mesh, P()))
-
-  def __call__(self, state):
-    arrays = {'inputs': self._inputs, 'labels': self._labels, 'valid': self._valid}
-    return self._run(state, arrays, self._indices, self._masks)
-
-
-def make_evaluate_fn(eval_step: Callable, batch_size: int, mesh: Mesh | None = None,
-                     batch_axes=None) -> Callable:
-  """Returns `evaluate(state, inputs, labels) -> metrics` over a whole split (see `Evaluator`)."""
-  return lambda state, inputs, labels: Evaluator(
-      eval_step, inputs, labels, batch_size, mesh, batch_axes)(state)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -137,6 +88,30 @@ class _StepRunner:
     return self._compiled[num_steps](state, arrays, batch_indices, jnp.asarray(offset, jnp.int32))
 
 
+class _Rate:
+  """Training images/s between host syncs; compilation and evaluation are left out."""
+
+  def __init__(self, runner: _StepRunner):
+    self._runner = runner
+    self.restart()
+
+  def restart(self):
+    self._start, self._compiled, self._images = (time.perf_counter(),
+                                                 self._runner.compile_seconds, 0)
+
+  def add(self, images: int):
+    self._images += images
+
+  def take(self, history: 'History') -> float:
+    """The rate since the last take/restart; adds the interval to the history's totals."""
+    elapsed = time.perf_counter() - self._start - (self._runner.compile_seconds - self._compiled)
+    history.train_seconds += elapsed
+    history.train_examples += self._images
+    rate = self._images / max(elapsed, 1e-9)
+    self.restart()
+    return rate
+
+
 def _place_state(state, mesh: Mesh):
   """Leaves already on `mesh` keep their sharding; others are replicated onto it."""
   replicated = NamedSharding(mesh, P())
@@ -161,13 +136,31 @@ def _check_batch_fits(train_step, state, batch):
                      f'{first_line[:300]}') from e
 
 
+def _position_meta(step: int, steps_per_epoch: int) -> dict:
+  epoch, step_in_epoch = divmod(step, steps_per_epoch)
+  return {'step': step, 'epoch': epoch, 'step_in_epoch': step_in_epoch}
+
+
+def _check_finite(logs: dict, step: int, steps_in_interval: int):
+  """NonFiniteError naming the first bad step when the logged loss or grad norm is NaN/inf."""
+  if np.isfinite(logs['loss']) and np.isfinite(logs.get('grad_norm', 0.0)):
+    return
+  # NaN in the params persists, so the bad steps are the last ones of the interval.
+  bad = max(1, round(logs.get('nonfinite', 1.0) * steps_in_interval))
+  first = step - bad + 1
+  raise NonFiniteError(f'the loss or gradient norm became NaN/inf at step {first} '
+                       f'({bad} of the last {steps_in_interval} steps); lower the learning rate, '
+                       "clip gradients, or set nan_policy 'skip' or 'rollback'", first)
+
+
 def fit(state, train_step: Callable, train_data, *, batch_size: int,
         num_epochs: int | None = None, num_steps: int | None = None,
         eval_step: Callable | None = None, eval_data=None, eval_every_steps: int | None = None,
         eval_batch_size: int | None = None, log_every_steps: int = 100,
         steps_per_dispatch: int = 1, callbacks: Sequence[Callback] = (), writer=None,
         progress: bool = True, data_rng: jax.Array | None = None, donate: bool = True,
-        mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None):
+        mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None,
+        checkpointer=None, nan_policy: str = 'stop'):
   """Trains until `num_steps` (or `num_epochs` epochs) in total; returns (state, History).
 
   train_data / eval_data: (inputs (N, ...), labels (N, ...)) host arrays, this
@@ -177,8 +170,20 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   fit jits it once with the state's shardings and donation, running
   `steps_per_dispatch` steps per call, and syncs with the host only every
   `log_every_steps`. Evaluation runs every `eval_every_steps` (default: each
-  epoch) and at the end. Resumes from `state.step`.
+  epoch) and at the end. Resumes from `state.step`: the data position is a
+  function of the step, so nothing is replayed.
+
+  checkpointer: a `jaxmodels.checkpoint.Checkpointer`; fit saves when its policy
+  says so (with the eval metrics, for keep-best), at the end, and on SIGTERM /
+  SIGINT, after which it raises `Preempted`. nan_policy: 'stop' raises
+  NonFiniteError naming the step; 'skip' drops non-finite updates
+  (`skip_nonfinite`); 'rollback' raises too, for the caller to restore the last
+  checkpoint with a lower learning rate (see `tasks.common.fit_with_rollback`).
   """
+  if nan_policy not in NAN_POLICIES:
+    raise InputError(f'nan_policy must be one of {", ".join(NAN_POLICIES)}, got {nan_policy!r}')
+  if nan_policy == 'skip':
+    train_step = skip_nonfinite(train_step)
   mesh = mesh or single_device_mesh()
   axes = _batch_axes(mesh, batch_axes)
   if batch_size <= 0:
@@ -194,6 +199,7 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
                      f'({inputs.shape[0]} examples)')
   total_steps = num_steps if num_steps is not None else num_epochs * steps_per_epoch
   eval_every = eval_every_steps or steps_per_epoch
+  save_every = getattr(checkpointer, 'save_every_steps', 0) or total_steps
   data_rng = jax.random.PRNGKey(0) if data_rng is None else data_rng
 
   if eval_step is not None:
@@ -215,48 +221,66 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
 
   bar = tqdm(total=total_steps, initial=step, unit='step', dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0)
-  pending, images_since = None, 0
-  timer, compiled_at_timer = time.perf_counter(), 0.0
-  while step < total_steps and not any(cb.stop_training for cb in callbacks):
-    if position == steps_per_epoch:
-      epoch, position = epoch + 1, 0
-      batch_indices = new_epoch(epoch)
-    k = min(steps_per_dispatch, steps_per_epoch - position, total_steps - step,
-            log_every_steps - step % log_every_steps, eval_every - step % eval_every)
-    state, metrics = runner(k, state, arrays, batch_indices, position)
-    pending = metrics if pending is None else merge(pending, metrics)
-    step, position, images_since = step + k, position + k, images_since + k * batch_size
-    bar.update(k)
+  rate = _Rate(runner)
+  pending, steps_since = None, 0
 
-    if step % log_every_steps == 0 or step == total_steps:
-      logs = _scalars(pending)  # The host sync.
-      # Compilation of a new dispatch size happens in-line; keep it out of the rate.
-      elapsed = time.perf_counter() - timer - (runner.compile_seconds - compiled_at_timer)
-      logs['images_per_sec'] = images_since / max(elapsed, 1e-9)
-      history.train_seconds += elapsed
-      history.train_examples += images_since
-      pending, images_since = None, 0
-      history.train.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
-      if writer is not None:
-        writer.write_scalars(step, {f'train/{k}': v for k, v in logs.items()})
-      for cb in callbacks:
-        cb.on_train_log(step, logs, state)
-      bar.set_postfix(loss=f'{logs["loss"]:.4f}', acc=f'{logs.get("accuracy", float("nan")):.4f}',
-                      img_s=f'{logs["images_per_sec"]:.0f}', refresh=False)
-      timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
+  def record(rows, prefix, logs):
+    rows.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
+    if writer is not None:
+      writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in logs.items()})
 
-    if eval_step is not None and (step % eval_every == 0 or step == total_steps):
-      logs = _scalars(evaluate(state))
-      history.eval.append({'step': step, 'epoch': step / steps_per_epoch, **logs})
-      if writer is not None:
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in logs.items()})
-      for cb in callbacks:
-        cb.on_eval(step, logs, state)
-      if jax.process_index() == 0:
-        bar.write(f'step {step}: ' + ', '.join(f'eval_{k}={v:.4f}' for k, v in logs.items()))
-      # Keep eval time out of train throughput.
-      timer, compiled_at_timer = time.perf_counter(), runner.compile_seconds
-  bar.close()
+  try:
+    with PreemptionGuard() as guard:
+      while step < total_steps and not any(cb.stop_training for cb in callbacks):
+        if position == steps_per_epoch:
+          epoch, position = epoch + 1, 0
+          batch_indices = new_epoch(epoch)
+        # Every boundary is a multiple of something absolute, so a resumed run
+        # dispatches exactly the same programs as an uninterrupted one.
+        k = min(steps_per_dispatch - step % steps_per_dispatch, steps_per_epoch - position,
+                total_steps - step, log_every_steps - step % log_every_steps,
+                eval_every - step % eval_every, save_every - step % save_every)
+        state, metrics = runner(k, state, arrays, batch_indices, position)
+        pending = metrics if pending is None else merge(pending, metrics)
+        step, position, steps_since = step + k, position + k, steps_since + k
+        rate.add(k * batch_size)
+        bar.update(k)
+
+        if step % log_every_steps == 0 or step == total_steps:
+          logs = _scalars(pending)  # The host sync.
+          _check_finite(logs, step, steps_since)
+          logs['images_per_sec'] = rate.take(history)
+          pending, steps_since = None, 0
+          record(history.train, 'train', logs)
+          for cb in callbacks:
+            cb.on_train_log(step, logs, state)
+          bar.set_postfix(loss=f'{logs["loss"]:.4f}', acc=f'{logs.get("accuracy", float("nan")):.4f}',
+                          img_s=f'{logs["images_per_sec"]:.0f}', refresh=False)
+
+        eval_logs = None
+        if eval_step is not None and (step % eval_every == 0 or step == total_steps):
+          eval_logs = _scalars(evaluate(state))
+          record(history.eval, 'eval', eval_logs)
+          for cb in callbacks:
+            cb.on_eval_end(step, eval_logs, state)
+          if jax.process_index() == 0:
+            bar.write(f'step {step}: ' + ', '.join(f'eval_{k}={v:.4f}' for k, v in eval_logs.items()))
+          rate.restart()  # Evaluation time is not training time.
+
+        preempted = guard.requested or (checkpointer is not None and
+                                        checkpointer.reached_preemption(step))
+        if checkpointer is not None and (preempted or step == total_steps or
+                                         checkpointer.should_save(step)):
+          if pending is not None:  # Name the first bad step rather than fail on saving NaN.
+            _check_finite(_scalars(pending), step, steps_since)
+          checkpointer.save(step, state, meta=_position_meta(step, steps_per_epoch),
+                            metrics=eval_logs, force=True)
+        if preempted:
+          raise Preempted(step)
+  finally:
+    bar.close()
+    if checkpointer is not None:  # Whatever stops the loop, saves in flight reach the disk.
+      checkpointer.wait()
 
   history.compile_seconds = runner.compile_seconds
   for cb in callbacks:

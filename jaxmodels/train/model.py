@@ -54,12 +54,11 @@ def nnx_model(model: nnx.Module) -> Model:
 
   def apply(variables, inputs, *, train: bool, rngs=None):
     module = nnx.merge(graphdef, variables['params'], variables['nnx'])
-    if train:
-      module.train()
-      if rngs and 'dropout' in rngs:
-        nnx.reseed(module, dropout=rngs['dropout'])
-    else:
-      module.eval()
+    # The attributes that NNX train and inference modes set: dropout and batch-norm.
+    module.set_attributes(deterministic=not train, use_running_average=not train,
+                          raise_if_not_found=False)
+    if train and rngs and 'dropout' in rngs:
+      nnx.reseed(module, dropout=rngs['dropout'])
     outputs = module(inputs)
     _, _, new_rest = nnx.split(module, nnx.Param, ...)
     return outputs, {'nnx': new_rest}

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmodels.train.guards import nonfinite_metric
 from jaxmodels.train.metrics import Mean
 from jaxmodels.train.state import TrainState, step_rngs
 
@@ -43,7 +44,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
 
   apply_fn: `Model.apply`. loss_fn(outputs, batch) -> per-example losses.
   metrics_fn(outputs, batch, losses, weights) -> dict of mergeable metrics.
-  The step also reports 'loss', 'grad_norm', 'param_norm' and, with
+  The step also reports 'loss', 'grad_norm', 'param_norm', 'nonfinite' (the
+  fraction of steps with a NaN/inf loss or gradient) and, with
   learning_rate_fn, 'learning_rate' (each a `Mean`, so steps merge by addition).
 
   micro_batches: accumulate gradients over this many slices of the batch (a
@@ -106,8 +108,10 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    metrics['grad_norm'] = Mean.of(optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    metrics['grad_norm'] = Mean.of(grad_norm)
     metrics['param_norm'] = Mean.of(optax.tree.norm(params))
+    metrics['nonfinite'] = nonfinite_metric(metrics['loss'].total, grad_norm)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = Mean.of(learning_rate_fn(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,

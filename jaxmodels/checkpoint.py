@@ -1,0 +1,264 @@
+"""Checkpoints on orbax's CheckpointManager (`ocp.args` API). Every orbax call in
+jaxmodels is in this module, so moving to another orbax API touches one file.
+
+A checkpoint holds two items: 'state' (the TrainState pytree: step, params,
+optimiser state, rng, model state) and 'meta' (JSON: the run's config and the
+data position). Saves are asynchronous and atomic (orbax writes to a temporary
+directory and renames it when complete); a non-finite state is never saved.
+Restoring reshards onto the current mesh, whatever mesh wrote the checkpoint.
+"""
+import os
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxmodels.errors import CheckpointError, NonFiniteError
+
+# Config keys that may change between a run and its resumption (paths, lengths,
+# logging, the mesh: restoring onto another device count is supported).
+RESUMABLE_KEYS = ('train.num_epochs', 'train.num_steps', 'train.log_every_steps',
+                  'train.eval_every_steps', 'train.eval_batch_size', 'train.progress',
+                  'train.steps_per_dispatch', 'parallel.', 'checkpoint.', 'resume', 'report.',
+                  'data.local_dir', 'data.data_dir', 'data.source', 'nan.', 'init_from')
+
+
+def _flatten(tree: Mapping, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def config_differences(saved: Mapping, current: Mapping) -> list[str]:
+  """'key: saved -> current' for every key that differs and may not change on resume."""
+  saved, current = _flatten(saved), _flatten(current)
+  keys = sorted(set(saved) | set(current))
+  return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in keys
+          if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class Checkpointer:
+  """Saves and restores one run's checkpoints in `directory`.
+
+  save_every_steps / save_every_seconds: when `should_save` says yes (either
+  suffices; 0 turns one off). keep_last: the newest K are kept; keep_best:
+  plus the best M by eval metric `best_metric` (`best_mode` 'max' or 'min').
+  config: this run's config (a dict); restoring a checkpoint written under a
+  different config is refused unless resume='force'.
+  """
+
+  def __init__(self, directory: str, *, config: Mapping | None = None,
+               save_every_steps: int = 0, save_every_seconds: float = 0,
+               keep_last: int = 3, keep_best: int = 0, best_metric: str = 'accuracy',
+               best_mode: str = 'max', async_save: bool = True, resume: str = 'auto'):
+    if resume not in ('auto', 'force'):
+      raise CheckpointError(f"resume must be 'auto' or 'force', got {resume!r}")
+    self.directory = os.path.abspath(directory)
+    self.config, self.resume = dict(config or {}), resume
+    self.save_every_steps = save_every_steps  # fit ends a dispatch at these steps.
+    save_policies = [policies.PreemptionCheckpointingPolicy()]
+    if save_every_steps:
+      save_policies.append(policies.FixedIntervalPolicy(save_every_steps))
+    if save_every_seconds:
+      save_policies.append(policies.ContinuousCheckpointingPolicy(
+          minimum_interval_secs=int(save_every_seconds)))
+    keep = [policies.LatestN(keep_last)]
+    if keep_best:
+      keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
+                                 reverse=best_mode == 'min', n=keep_best,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=policies.AnySavePolicy(save_policies),
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._options = options
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    # Handlers named up front, so that metadata of existing checkpoints can be read.
+    return ocp.CheckpointManager(
+        self.directory, options=self._options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  @property
+  def steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, step: int, state, *, meta: Mapping | None = None,
+           metrics: Mapping | None = None, force: bool = False) -> bool:
+    """Saves (asynchronously) if the policy says so or `force`; returns whether it did.
+
+    Raises NonFiniteError instead of writing a state with NaN/inf in it.
+    """
+    if not (force or self.should_save(step)) or step in self.steps:
+      return False
+    if not bool(_all_finite(state)):
+      raise NonFiniteError(f'the state has NaN/inf values at step {step}; it was not saved '
+                           f'(the last good checkpoint is step {self.latest_step()})', step)
+    meta = {'config': self.config, **(meta or {})}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
+    return self._manager.save(step, args=args, metrics=metrics, force=True)
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process at the same step once any got a preemption notice (multi-host)."""
+    return jax.process_count() > 1 and self._manager.reached_preemption(step)
+
+  def wait(self):
+    """Blocks until asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  def _check_shapes(self, step, abstract_state):
+    saved = self._manager.item_metadata(step)['state']
+    saved = getattr(saved, 'tree', saved)
+    # Orbax stores dataclasses and tuples as dicts and lists: compare by path string.
+    name_of = lambda path: jax.tree_util.keystr(path, simple=True, separator='/')
+    flat_saved = {name_of(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+        saved, is_leaf=lambda x: hasattr(x, 'shape'))[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+      name = name_of(path)
+      there = flat_saved.get(name)
+      if there is None:
+        raise CheckpointError(f'checkpoint step {step} in {self.directory} has no {name}: it '
+                              'belongs to another model; use another --workdir or init_from')
+      if tuple(there.shape) != tuple(leaf.shape):
+        raise CheckpointError(
+            f'checkpoint step {step} in {self.directory} is from a different model: {name} is '
+            f'{tuple(there.shape)} there, {tuple(leaf.shape)} here; use another --workdir')
+
+  def _restore_step(self, step, abstract_state):
+    self._check_shapes(step, abstract_state)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored['state'], dict(restored['meta'] or {})
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, meta) of `step` (default: the newest readable), or None without checkpoints.
+
+    abstract_state: ShapeDtypeStructs with the *current* shardings (see
+    `restore_or_init`). An unreadable checkpoint is moved to
+    `unreadable-<step>` (nothing is deleted) and the previous one is tried.
+    """
+    candidates = [step] if step is not None else sorted(self.steps, reverse=True)
+    for candidate in candidates:
+      try:
+        state, meta = self._restore_step(candidate, abstract_state)
+      except CheckpointError:
+        raise
+      except Exception as e:  # Truncated files, bad JSON, tensorstore errors, ...
+        moved = self._set_aside(candidate)
+        logging.warning('checkpoint step %d is unreadable (%s: %s); moved it to %s and falling '
+                        'back to the previous one', candidate, type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else '', moved)
+        print(f'warning: checkpoint step {candidate} in {self.directory} is unreadable; '
+              f'moved it to {moved}, falling back to the previous checkpoint')
+        continue
+      self._check_config(candidate, meta.get('config', {}))
+      return state, meta
+    if candidates:
+      raise CheckpointError(f'no readable checkpoint in {self.directory} (unreadable ones were '
+                            'moved to unreadable-<step>); use another --workdir to start afresh')
+    return None
+
+  def _check_config(self, step, saved_config):
+    differences = config_differences(saved_config, self.config) if self.config else []
+    if differences and self.resume != 'force':
+      raise CheckpointError(
+          f'{self.directory} holds checkpoints (step {step}) of a run with another config '
+          f'({"; ".join(differences[:3])}): use another --workdir, or --config.resume=force '
+          'to continue from them anyway')
+
+  def _set_aside(self, step) -> str:
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f'unreadable-{step}')
+    if jax.process_index() == 0 and os.path.exists(source):
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(self.directory, f'unreadable-{step}.{suffix}')
+      os.rename(source, target)
+    self._manager = self._open()
+    return target
+
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the params of a checkpoint (fine-tuning: `init_from`), onto the current shardings."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f'no checkpoint in {self.directory} to initialise from')
+    self._check_shapes(step, {'params': abstract_params})
+    # A read-only PyTree view of the same files: it can restore just the 'params' subtree.
+    reader = ocp.CheckpointManager(self.directory,
+                                   options=ocp.CheckpointManagerOptions(
+                                       read_only=True, save_interval_steps=0, create=False),
+                                   item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+    target = {'params': abstract_params}
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+    return reader.restore(step, args=args)['state']['params']
+
+
+def read_params(directory: str, step: int | None = None):
+  """The params of a checkpoint as host numpy arrays, whatever model or mesh wrote them
+  (for inspection, export and tests)."""
+  checkpointer = Checkpointer(directory)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'no checkpoint in {directory}')
+  saved = checkpointer._manager.item_metadata(step)['state']
+  params = getattr(saved, 'tree', saved)['params']
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                          params, is_leaf=lambda x: hasattr(x, 'shape'))
+  return jax.device_get(checkpointer.restore_params(abstract, step))
+
+
+def restore_or_init(checkpointer: Checkpointer | None, init_fn: Callable, rng: jax.Array,
+                    shardings=None):
+  """(state, meta): the newest checkpoint restored onto `shardings`, or `init_fn(rng)` fresh.
+
+  shardings: NamedShardings for the state on the current mesh (from
+  `parallel.sharding_rules`); None keeps jit's default placement. meta is None
+  for a fresh state.
+  """
+  abstract = jax.eval_shape(init_fn, rng)
+  if shardings is not None:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
+  if checkpointer is not None and checkpointer.steps:
+    restored = checkpointer.restore(abstract)
+    if restored is not None:
+      return restored
+  init = jax.jit(init_fn, out_shardings=shardings) if shardings is not None else jax.jit(init_fn)
+  return init(rng), None
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
