@@ -3,7 +3,8 @@
 The small functions below compose into a training program; `jaxmodels.tasks`
 has complete ones, and `experiments/` wraps those in command lines.
 """
-from jaxmodels import checkpoint, data, models, parallel, report
+from jaxmodels import data, models, parallel, report
+from jaxmodels.compilation_cache import enable_compilation_cache
 from jaxmodels.data import load_dataset, make_augment, normalize
 from jaxmodels.errors import (CheckpointError, ConfigError, DataError, DataUnavailableError,
                               InputError, NonFiniteError, Preempted)
@@ -18,3 +19,11 @@ from jaxmodels.train import (Callback, EarlyStopping, History, LambdaCallback, M
                              with_preprocess)
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+  # `jaxmodels.checkpoint` loads orbax (a quarter of a second): only when first used.
+  if name == 'checkpoint':
+    import importlib
+    return importlib.import_module('jaxmodels.checkpoint')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -21,11 +21,23 @@ EXIT_INTERRUPTED = 130
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Calls `get_config()` of the Python file at `path`."""
+  """`get_config()` of the Python file at `path`; 'file.py:variant' calls get_config('variant')
+  (ml_collections' convention for a file with several recipes)."""
+  path, _, variant = path.partition(':')
   spec = importlib.util.spec_from_file_location('_jaxmodels_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def _config_argument(argv, default: str) -> str:
+  """The --config value in argv (--config=X or --config X), else `default`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
 
 
 def flatten(config, prefix: str = '') -> dict:
@@ -66,9 +78,12 @@ def usage(doc: str, default_workdir: str, config) -> str:
       doc.strip(), '', 'flags:',
       f'  --workdir: output directory (default: {default_workdir!r}): TensorBoard events,',
       '    metrics.jsonl, PNG plots and summary.json/txt. Created if missing.',
-      '  --config: path to a config file (default: this experiment\'s configs/<name>.py).',
+      '  --config: a config file, or file.py:variant for one of its recipes (default: this',
+      '    experiment\'s configs/<name>.py).',
       '  --coordinator_address, --num_processes, --process_id: join a multi-process JAX',
       '    cluster (GPU clusters without SLURM). TPU pods and SLURM jobs need none of them.',
+      '  --compilation_cache: directory of the persistent compilation cache (default',
+      '    $JAXMODELS_COMPILATION_CACHE or ~/.cache/jaxmodels/xla; \'off\' disables it).',
       '  --helpfull: every flag, including absl\'s own.', '',
       config_help(config), '',
       f'exit codes: 0 done; {EXIT_BAD_INPUT} bad input (config, data, workdir, checkpoint); '
@@ -96,7 +111,7 @@ def run(train_fn: Callable, experiment_file: str) -> None:
 
   from jaxmodels.errors import USER_ERRORS, NonFiniteError, Preempted
 
-  defaults = load_config_file(config_file)
+  defaults = load_config_file(_config_argument(sys.argv[1:], config_file))
   if {'-h', '--help', '-?', '--helpshort'} & set(sys.argv[1:]):
     # absl's --help shows only flags defined in __main__ and exits 1; this lists ours and exits 0.
     print(usage(sys.modules['__main__'].__doc__ or '', default_workdir, defaults))
@@ -117,6 +132,9 @@ def run(train_fn: Callable, experiment_file: str) -> None:
       'coordinator_address', None, 'host:port of process 0, for a multi-process run.')
   num_processes_flag = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
   process_id_flag = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+  cache_flag = flags.DEFINE_string(
+      'compilation_cache', None, 'Persistent compilation cache directory (default '
+      '$JAXMODELS_COMPILATION_CACHE or ~/.cache/jaxmodels/xla); off disables it.')
 
   def main(argv):
     # Libraries (orbax above all) log dozens of INFO lines per checkpoint; keep ours and warnings.
@@ -126,6 +144,8 @@ def run(train_fn: Callable, experiment_file: str) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     from jaxmodels import parallel
+    from jaxmodels.compilation_cache import enable_compilation_cache
+    enable_compilation_cache(cache_flag.value)
     parallel.initialize_distributed(coordinator_flag.value, num_processes_flag.value,
                                     process_id_flag.value)
     try:

@@ -20,11 +20,22 @@ def _quick(config):
   return config
 
 
-@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist', 'cifar10'])
+NARROW = {  # The same networks, narrower: keeps the tests quick.
+    'cifar10': dict(widths=(8, 16, 16)),
+    'cifar10.py:resnet': dict(stage_sizes=(1, 1), widths=(8, 16)),
+    'cifar10.py:vit': dict(num_layers=2, embed_dim=32, mlp_dim=64),
+    'fashion_mnist.py:vit': dict(num_layers=1, embed_dim=32, mlp_dim=64),
+}
+
+
+@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist', 'cifar10', 'cifar10.py:resnet',
+                                  'cifar10.py:vit', 'fashion_mnist.py:vit',
+                                  'fashion_mnist.py:fast'])
 def test_experiment_runs_end_to_end_on_mock_data(name, tmp_path):
-  config = _quick(cli.load_config_file(str(CONFIGS / f'{name}.py')))
-  if name == 'cifar10':
-    config.model.widths = (8, 16, 16)  # Same network shape, narrower: keeps the test quick.
+  path = name if ':' in name else f'{name}.py'
+  config = _quick(cli.load_config_file(str(CONFIGS / path)))
+  config.model.update(NARROW.get(name, {}))
+  name = name.split('.')[0]
   with tfds.testing.mock_data(num_examples=80):
     summary = image_classification.train_and_evaluate(config, str(tmp_path))
 
@@ -48,3 +59,55 @@ def test_experiment_runs_end_to_end_on_mock_data(name, tmp_path):
   for png in ('training_curves.png', 'confusion_matrix.png', 'predictions.png'):
     image = matplotlib.image.imread(tmp_path / png)
     assert image.ndim == 3 and min(image.shape[:2]) > 100 and np.ptp(image) > 0, png
+
+
+def test_language_model_runs_end_to_end_on_mock_text(tmp_path):
+  from jaxmodels.tasks import language_model
+  config = cli.load_config_file(str(CONFIGS / 'lm.py'))
+  config.data.seq_len = 16
+  config.model.update(num_layers=1, embed_dim=32, mlp_dim=64)
+  config.train.update(num_steps=6, batch_size=8, log_every_steps=3, eval_every_steps=3,
+                      eval_batch_size=16, steps_per_dispatch=2, progress=False)
+  config.sample.update(prompt='ab', max_new_tokens=10, num_samples=2)
+  with tfds.testing.mock_data(num_examples=40):
+    summary = language_model.train_and_evaluate(config, str(tmp_path))
+  assert summary['corpus'] == 'tfds:tiny_shakespeare' and summary['steps'] == 6
+  assert summary['val_perplexity'] == pytest.approx(np.exp(summary['val_loss']))
+  assert summary['tokens_per_sec'] == pytest.approx(summary['sequences_per_sec'] * 16)
+  assert summary['flops_per_step'] > 0 and 0 < summary['unigram_entropy'] <= np.log(256)
+  samples = summary['samples'].split('\n---\n')
+  assert len(samples) == 2 and all(s.startswith('ab') for s in samples)
+  assert (tmp_path / 'training_curves.png').exists() and (tmp_path / 'summary.txt').exists()
+
+
+@pytest.mark.parametrize('model', ['lstm', 'bert'])
+def test_text_classifier_runs_end_to_end_on_mock_imdb(model, tmp_path):
+  from jaxmodels.tasks import text_classification
+  config = cli.load_config_file(str(CONFIGS / 'text_classify.py'))
+  config.model.update(name=model, embed_dim=16, hidden=16, num_layers=1, mlp_dim=32)
+  config.data.update(max_length=24, min_count=1)
+  config.train.update(num_steps=4, batch_size=16, log_every_steps=2, eval_batch_size=32,
+                      progress=False)
+  with tfds.testing.mock_data(num_examples=48):
+    summary = text_classification.train_and_evaluate(config, str(tmp_path))
+  assert summary['data_source'] == 'tfds:imdb_reviews' and summary['steps'] == 4
+  assert 'weighted avg' in summary['classification_report']
+  assert (tmp_path / 'confusion_matrix.png').exists()
+
+
+def test_text_classifier_on_local_labelled_files(tmp_path):
+  from jaxmodels.tasks import text_classification
+  rng = np.random.default_rng(0)
+  words = {'space': 'star orbit rocket planet moon', 'cooking': 'salt pan oven bread soup'}
+  data = tmp_path / 'texts'
+  data.mkdir()
+  for name, vocab in words.items():
+    examples = [' '.join(rng.choice(vocab.split(), 6)) for _ in range(60)]
+    (data / name).write_text('\n%\n'.join(examples) + '\n%\n')
+  config = cli.load_config_file(str(CONFIGS / 'text_classify.py'))
+  config.data.update(local_dir=str(data), categories=('space', 'cooking'), max_length=12)
+  config.model.update(embed_dim=16, hidden=16)
+  config.train.update(num_epochs=20, batch_size=16, log_every_steps=10, progress=False)
+  summary = text_classification.train_and_evaluate(config, str(tmp_path / 'run'))
+  # Disjoint vocabularies: the classes are separable, and the model learns to separate them.
+  assert summary['test']['accuracy'] > 0.9, summary['classification_report']

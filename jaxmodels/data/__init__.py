@@ -29,3 +29,6 @@ from jaxmodels.data.preprocess import validate_images_labels
 from jaxmodels.data.sources import load_dataset
 from jaxmodels.data.tfds_source import load_tfds
 from jaxmodels.data.tfds_source import network_available
+from jaxmodels.data.text import (ByteTokenizer, WordVocabulary, clean_text, load_corpus,
+                                 load_labelled_texts, read_text, split_examples, unigram_entropy,
+                                 windows)

@@ -106,6 +106,22 @@ def is_prepared(name: str, data_dir=None) -> bool:
     return False  # Unknown name or unreadable metadata: not servable.
 
 
+def prepared_builder(name: str, *, data_dir=None, download: bool = True):
+  """(tfds module, builder) whose data is ready to read: already prepared, or downloaded now.
+
+  Raises DataUnavailableError within seconds when that needs a network there is not.
+  """
+  tfds = _import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f'unknown tfds dataset {name!r}: check the name against '
+                    'tfds.list_builders() or use local files') from None
+  if not (_download_is_stubbed(tfds) or _builder_prepared(builder)):
+    _download(tfds, builder, name, download)
+  return tfds, builder
+
+
 def load_tfds(name: str, *, data_dir=None, download: bool = True,
               process_index: int = 0, process_count: int = 1) -> ImageClassificationData:
   """Loads the 'train' and 'test' splits of tfds dataset `name` into numpy.
@@ -127,14 +143,7 @@ def load_tfds(name: str, *, data_dir=None, download: bool = True,
       seconds when offline).
     DataError: unknown dataset or one without image/label features.
   """
-  tfds = _import_tfds()
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f'unknown tfds dataset {name!r}: check the name against '
-                    'tfds.list_builders() or use local files') from None
-  if not (_download_is_stubbed(tfds) or _builder_prepared(builder)):
-    _download(tfds, builder, name, download)
+  tfds, builder = prepared_builder(name, data_dir=data_dir, download=download)
 
   features = builder.info.features
   if 'image' not in features or 'label' not in features:

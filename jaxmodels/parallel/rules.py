@@ -5,6 +5,7 @@ the same rules, so Adam moments are split exactly like their parameters.
 import re
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -47,6 +48,26 @@ def sharding_rules(tree, mesh: Mesh, rules: Sequence[Rule] = (), *,
 
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(mesh, spec_for(path, leaf)), tree)
+
+
+def logical_rules(module: nn.Module, example_inputs, axis_rules) -> list[Rule]:
+  """Sharding rules from the logical axis names a Linen module gives its params.
+
+  axis_rules: (logical name, mesh axis or None) pairs, e.g.
+  `models.LOGICAL_AXIS_RULES`. Each named param becomes a rule for its path, which
+  also matches the optimiser-state leaves that mirror it (mu, nu, momentum).
+  """
+  boxed = jax.eval_shape(
+      lambda: module.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+                          example_inputs, train=False))
+  specs = nn.get_partition_spec(boxed.get('params', {}))
+  rules = []
+  for path, spec in jax.tree_util.tree_flatten_with_path(
+      specs, is_leaf=lambda x: isinstance(x, P))[0]:
+    if any(name is not None for name in spec):
+      mesh_spec = nn.logical_to_mesh_axes(spec, axis_rules)
+      rules.append((f'(^|/){re.escape(leaf_path(path))}$', mesh_spec))
+  return rules
 
 
 def create_sharded_state(init_fn: Callable, rng: jax.Array, mesh: Mesh,

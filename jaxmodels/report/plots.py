@@ -5,7 +5,11 @@ Built on `matplotlib.figure.Figure` directly, so no display or pyplot state is n
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
+
+
+def Figure(**kwargs):  # noqa: N802 (matplotlib's class, imported on first use)
+  from matplotlib.figure import Figure as MatplotlibFigure  # ~0.4 s: kept out of `import jaxmodels`.
+  return MatplotlibFigure(**kwargs)
 
 
 def plot_history(history, path: str, metrics: Sequence[str] = ('loss', 'accuracy')) -> str:

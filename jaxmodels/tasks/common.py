@@ -112,9 +112,10 @@ def make_checkpointer(config, workdir: str, steps_per_epoch: int) -> Checkpointe
 
 
 def restore_or_create_state(model: train_lib.Model, tx, rng, example_inputs, config, mesh,
-                            checkpointer: Checkpointer):
+                            checkpointer: Checkpointer, rules=()):
   """(state, resumed): the workdir's newest checkpoint on this mesh, else a fresh sharded
-  state, with params from config.init_from when set."""
+  state, with params from config.init_from when set. rules: sharding rules that come
+  before FSDP (e.g. `parallel.logical_rules` of a Transformer)."""
   init = lambda r: train_lib.create_train_state(model, tx, r, example_inputs)
   try:
     abstract = jax.eval_shape(init, rng)
@@ -122,7 +123,8 @@ def restore_or_create_state(model: train_lib.Model, tx, rng, example_inputs, con
     detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
     raise ConfigError(f'cannot build the model for inputs of shape {tuple(example_inputs.shape)} '
                       f'({type(e).__name__}: {detail}); check the model.* settings') from e
-  shardings = parallel.sharding_rules(abstract, mesh, fsdp_min_size=config.parallel.fsdp_min_size)
+  shardings = parallel.sharding_rules(abstract, mesh, rules,
+                                      fsdp_min_size=config.parallel.fsdp_min_size)
   state, meta = restore_or_init(checkpointer, init, rng, shardings)
   if meta is not None:
     logging.info('resumed from %s at step %d', checkpointer.directory, int(state.step))
@@ -166,3 +168,15 @@ def fit_with_rollback(fit_fn: Callable, state, config, checkpointer: Checkpointe
       logging.warning(message)
       if parallel.is_main_process():
         print(f'warning: {message}')
+
+
+def throughput_summary(history: train_lib.History, batch_size: int, unit: str = 'examples',
+                       tokens_per_example: int | None = None) -> dict:
+  """'<unit>_per_sec' (and tokens/s), compile time, and FLOPs / MFU from the compiled step."""
+  steps_per_sec = history.examples_per_sec / batch_size
+  out = {f'{unit}_per_sec': history.examples_per_sec}
+  if tokens_per_example:
+    out['tokens_per_sec'] = history.examples_per_sec * tokens_per_example
+  out.update(report.utilisation(history.flops_per_step, steps_per_sec))
+  out.update(compile_seconds=history.compile_seconds, train_seconds=history.train_seconds)
+  return out

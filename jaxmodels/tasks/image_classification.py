@@ -198,9 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'resumed': resumed,
       'epochs': round(int(state.step) / steps_per_epoch, 3),
       'test': {**test, 'macro_f1': scores['macro_f1'], 'weighted_f1': scores['weighted_f1']},
-      'images_per_sec': history.examples_per_sec,
-      'compile_seconds': history.compile_seconds,
-      'train_seconds': history.train_seconds,
+      **common.throughput_summary(history, train_cfg.batch_size, unit='images'),
       'wall_seconds': time.perf_counter() - start,
       'classification_report': report_text,
   }

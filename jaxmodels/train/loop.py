@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from jaxmodels.data.batching import (epoch_batch_indices, num_shards, per_shard_batch,
                                      shard_examples, take_batch)
 from jaxmodels.errors import InputError, NonFiniteError, Preempted
+from jaxmodels.report.throughput import compiled_flops
 from jaxmodels.train.callbacks import Callback
 from jaxmodels.train.evaluate import Evaluator, _batch_axes, single_device_mesh
 from jaxmodels.train.guards import NAN_POLICIES, PreemptionGuard, skip_nonfinite
@@ -27,6 +28,7 @@ class History:
   train: list = dataclasses.field(default_factory=list)
   eval: list = dataclasses.field(default_factory=list)
   compile_seconds: float = 0.0
+  flops_per_step: float | None = None  # XLA's count for the compiled step, all devices.
   train_seconds: float = 0.0  # Excludes compilation and evaluation.
   train_examples: int = 0
 
@@ -66,17 +68,25 @@ class _StepRunner:
     # Shapes only: the live state's buffers are donated by the first dispatch.
     self._args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                               (state, arrays, batch_indices, jnp.zeros((), jnp.int32)))
-    self._compiled, self.compile_seconds = {}, 0.0
+    self._compiled, self.compile_seconds, self.flops_per_step = {}, 0.0, None
 
   def _run(self, state, arrays, batch_indices, offset, *, num_steps):
     indices = jax.lax.dynamic_slice_in_dim(batch_indices, offset, num_steps)
-    # A Python loop, unrolled at trace time: XLA:CPU runs convolution gradients
-    # several times slower inside a while loop (lax.scan / fori_loop).
-    metrics = None
-    for i in range(num_steps):
-      batch = take_batch(arrays, indices[i], self._mesh, self._axes)
-      state, step_metrics = self._train_step(state, batch)
-      metrics = step_metrics if metrics is None else merge(metrics, step_metrics)
+
+    def one_step(state, batch_index):
+      return self._train_step(state, take_batch(arrays, batch_index, self._mesh, self._axes))
+
+    def accumulate(carry, batch_index):
+      state, metrics = carry
+      state, step_metrics = one_step(state, batch_index)
+      return (state, merge(metrics, step_metrics)), None
+
+    # The first step gives the metrics' structure; the scan runs the rest. XLA:CPU runs
+    # convolution gradients several times slower inside a while loop, so on CPU the scan
+    # is unrolled into straight-line code; elsewhere it stays a loop (faster compiles).
+    unroll = True if jax.default_backend() == 'cpu' else 1
+    carry = one_step(state, indices[0])
+    (state, metrics), _ = jax.lax.scan(accumulate, carry, indices[1:], unroll=unroll)
     return state, metrics
 
   def __call__(self, num_steps, state, arrays, batch_indices, offset):
@@ -85,6 +95,9 @@ class _StepRunner:
       jitted = jax.jit(functools.partial(self._run, num_steps=num_steps), **self._jit_kwargs)
       self._compiled[num_steps] = jitted.lower(*self._args).compile()
       self.compile_seconds += time.perf_counter() - start
+      flops = compiled_flops(self._compiled[num_steps])
+      if flops and self.flops_per_step is None:  # Per device -> every device, per step.
+        self.flops_per_step = flops * self._mesh.size / num_steps
     return self._compiled[num_steps](state, arrays, batch_indices, jnp.asarray(offset, jnp.int32))
 
 
@@ -240,7 +253,13 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
         k = min(steps_per_dispatch - step % steps_per_dispatch, steps_per_epoch - position,
                 total_steps - step, log_every_steps - step % log_every_steps,
                 eval_every - step % eval_every, save_every - step % save_every)
-        state, metrics = runner(k, state, arrays, batch_indices, position)
+        # A short stretch (up to a log, eval or epoch boundary) runs as single steps, so
+        # only two programs are ever compiled: k = steps_per_dispatch and k = 1.
+        metrics = None
+        for i in range(1 if k == steps_per_dispatch else k):
+          state, step_metrics = runner(k if k == steps_per_dispatch else 1, state, arrays,
+                                       batch_indices, position + i)
+          metrics = step_metrics if metrics is None else merge(metrics, step_metrics)
         pending = metrics if pending is None else merge(pending, metrics)
         step, position, steps_since = step + k, position + k, steps_since + k
         rate.add(k * batch_size)
@@ -283,6 +302,7 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
       checkpointer.wait()
 
   history.compile_seconds = runner.compile_seconds
+  history.flops_per_step = runner.flops_per_step
   for cb in callbacks:
     state = cb.on_fit_end(state, history) or state
   return state, history

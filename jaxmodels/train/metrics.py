@@ -51,11 +51,11 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """(B,) float32, 1 where the label is among the k largest logits.
+  """(...) float32, 1 where the label is among the k largest logits (logits (..., C)).
 
   Counts logits strictly greater than the label's logit, so ties favour the label.
   """
-  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
   rank = jnp.sum(logits > label_logit, axis=-1)
   return (rank < k).astype(jnp.float32)
 
@@ -76,7 +76,7 @@ def classification_metrics(num_classes: int, top_k: int = 5, with_confusion: boo
   def metrics_fn(logits, batch, losses, weights):
     labels = batch['labels']
     out = {'loss': Mean.of(losses, weights), 'accuracy': Mean.of(correct(logits, labels), weights)}
-    if 1 < top_k < num_classes:
+    if 1 < top_k < num_classes:  # top_k=0 turns it off.
       out[f'top{top_k}_accuracy'] = Mean.of(top_k_correct(logits, labels, top_k), weights)
     if with_confusion:
       out['confusion'] = confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, weights)

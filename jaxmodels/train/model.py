@@ -25,7 +25,10 @@ def linen_model(module: nn.Module) -> Model:
 
   def init(rng, inputs):
     params_rng, dropout_rng = jax.random.split(rng)
-    return dict(module.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False))
+    variables = module.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False)
+    # Plain arrays in the state; the logical axis names stay readable from the module
+    # (see parallel.logical_rules).
+    return dict(nn.meta.unbox(variables))
 
   def apply(variables, inputs, *, train: bool, rngs=None):
     state_collections = [name for name in variables if name != 'params']

@@ -88,7 +88,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
     shapes = jax.eval_shape(grads_of_sum, state, jax.tree.map(lambda x: x[0], micro[1]), rngs)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     carry = (zeros[0], state.model_state, zeros[1][1], zeros[1][2])
-    (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro)
+    # Unrolled on CPU, where XLA runs convolution gradients slowly inside a while loop.
+    unroll = True if jax.default_backend() == 'cpu' else 1
+    (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro, unroll=unroll)
     return grads, (model_state, metrics, count)
 
   def train_step(state: TrainState, batch):

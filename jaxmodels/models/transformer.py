@@ -1,0 +1,202 @@
+"""Transformer building blocks: multi-head attention through `jax.nn.dot_product_attention`
+(fused kernels where the backend has them), rotary or learned positions, pre-LayerNorm
+residual blocks, and a layer stack with optional `nn.scan` and rematerialisation.
+
+Params and activations carry logical axis names -- 'batch', 'length', 'embed',
+'heads', 'kv', 'mlp', 'vocab', 'layers' -- so sharding rules (FSDP on 'embed',
+tensor parallelism on 'heads' / 'mlp') apply without touching the model. Shapes:
+B batch, T query length, S key length, E embed, H heads, D head dim.
+"""
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+
+def logical(init: Callable, *names):
+  """An initializer whose param carries logical axis names."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (RoFormer). x (B, T, H, D) with D even; positions (B, T) int."""
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None, None].astype(jnp.float32) * freqs  # (B, T, 1, D/2)
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+class Projection(nn.Module):
+  """y = einsum(x, kernel): a dense layer whose kernel keeps its head axes (and their
+  logical names) instead of being a flattened matrix."""
+  shape: tuple[int, ...]       # Kernel shape.
+  names: tuple[str, ...]       # Logical axis names of the kernel.
+  equation: str                # e.g. 'bte,ehd->bthd'.
+  in_axes: tuple[int, ...]     # Kernel axes that are contracted (the fan-in).
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out_axes = tuple(i for i in range(len(self.shape)) if i not in self.in_axes)
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
+                                            in_axis=self.in_axes, out_axis=out_axes)
+    kernel = self.param('kernel', logical(init, *self.names), self.shape)
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention. With `decode=True` it keeps a key/value cache of `max_length` positions
+  in the 'cache' collection and attends from the new tokens to everything cached so far."""
+  num_heads: int
+  head_dim: int
+  causal: bool = False
+  use_rotary: bool = True
+  decode: bool = False
+  max_length: int = 2048
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, positions=None):
+    """x (B, T, E); mask (B, 1, T, S) bool or None; positions (B, T) int -> (B, T, E)."""
+    embed = x.shape[-1]
+    dense = lambda name: Projection((embed, self.num_heads, self.head_dim),
+                                    ('embed', 'heads', 'kv'), 'bte,ehd->bthd', (0,), self.dtype,
+                                    name=name)
+    q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    if self.use_rotary:
+      q, k = rotary(q, positions), rotary(k, positions)
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
+
+    causal = self.causal
+    if self.decode:
+      k, v, mask = self._update_cache(k, v, positions)
+      causal = False  # The cache mask already hides the future.
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
+    return Projection((self.num_heads, self.head_dim, embed), ('heads', 'kv', 'embed'),
+                      'bthd,hde->bte', (0, 1), self.dtype, name='out')(out)
+
+  def _update_cache(self, k, v, positions):
+    """Writes the new keys/values at `positions`; returns the whole cache and its mask."""
+    batch, length = k.shape[:2]
+    shape = (batch, self.max_length, self.num_heads, self.head_dim)
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
+    start = positions[0, 0]
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+    # Query at position p sees cached positions <= p (everything written is <= p + length).
+    mask = jnp.arange(self.max_length)[None, None, None, :] <= positions[:, None, :, None]
+    return cached_k.value, cached_v.value, mask
+
+
+class MLP(nn.Module):
+  """Dense(mlp_dim) -> GELU -> Dense(E)."""
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype,
+                 kernel_init=logical(nn.initializers.lecun_normal(), 'embed', 'mlp'))(x)
+    h = nn.with_logical_constraint(nn.gelu(h), ('batch', 'length', 'mlp'))
+    return nn.Dense(x.shape[-1], dtype=self.dtype,
+                    kernel_init=logical(nn.initializers.lecun_normal(), 'mlp', 'embed'))(h)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm residual block: x + attn(LN(x)), then + mlp(LN(x)), with dropout."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  causal: bool = False
+  use_rotary: bool = True
+  decode: bool = False
+  max_length: int = 2048
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, positions, train: bool):
+    norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name,
+                                     scale_init=logical(nn.initializers.ones, 'embed'),
+                                     bias_init=logical(nn.initializers.zeros, 'embed'))
+    attention = MultiHeadAttention(
+        self.num_heads, x.shape[-1] // self.num_heads, self.causal, self.use_rotary,
+        self.decode, self.max_length, self.dtype, name='attention')
+    h = attention(norm('norm1')(x), mask=mask, positions=positions)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = MLP(self.mlp_dim, self.dtype, name='mlp')(norm('norm2')(x))
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class _ScannedBlock(Block):
+  """A Block with nn.scan's (carry, *broadcast) -> (carry, output) signature."""
+
+  @nn.compact
+  def __call__(self, x, mask, positions, train: bool):
+    return super().__call__(x, mask, positions, train), None
+
+
+class Encoder(nn.Module):
+  """`num_layers` Blocks and a final LayerNorm. scan: one traced layer, params stacked
+  on a leading 'layers' axis (fast compiles for deep stacks); remat: recompute each
+  block's activations in the backward pass."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  causal: bool = False
+  use_rotary: bool = True
+  decode: bool = False
+  max_length: int = 2048
+  scan: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, positions=None, train: bool = False):
+    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                  causal=self.causal, use_rotary=self.use_rotary, decode=self.decode,
+                  max_length=self.max_length, dtype=self.dtype)
+    block = _ScannedBlock if self.scan else Block
+    if self.remat:  # `train` (argument 4, counting self) picks the code path: static.
+      block = nn.remat(block, static_argnums=(4,), prevent_cse=not self.scan)
+    if self.scan:
+      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+                      split_rngs={'params': True, 'dropout': True}, length=self.num_layers,
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stack(**kwargs, name='layers')(x, mask, positions, train)
+    else:
+      for i in range(self.num_layers):
+        x = block(**kwargs, name=f'layer{i}')(x, mask, positions, train)
+    return nn.LayerNorm(dtype=self.dtype, name='final_norm',
+                        scale_init=logical(nn.initializers.ones, 'embed'),
+                        bias_init=logical(nn.initializers.zeros, 'embed'))(x)
+
+
+def padding_mask(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
+  """(B, 1, 1, S) bool: True where the key is a real token."""
+  return (tokens != pad_id)[:, None, None, :]
+
+
+# Logical axis -> mesh axis: FSDP splits the embedding dimension of every matrix, tensor
+# parallelism ('model') the heads and the MLP; the batch goes over data and fsdp.
+LOGICAL_AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('embed', 'fsdp'),
+    ('heads', 'model'),
+    ('kv', None),
+    ('mlp', 'model'),
+    ('vocab', 'model'),
+    ('layers', None),
+)

@@ -1,0 +1,61 @@
+"""Smoke tests: every benchmark script runs a few steps end to end, so none rots.
+(Their figures are measurements, printed by the scripts; nothing here asserts on time.)"""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxmodels.data import write_idx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run(script, *args, env=None):
+  out = subprocess.run([sys.executable, f'benchmarks/{script}', *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.fixture
+def fashion_mnist_dir(tmp_path):
+  """A small Fashion-MNIST-shaped IDX set that the benchmark finds through JAXMODELS_DATA_DIR."""
+  rng = np.random.default_rng(0)
+  directory = tmp_path / 'fashion_mnist'
+  directory.mkdir()
+  for prefix, n in (('train', 1200), ('t10k', 200)):
+    labels = rng.integers(0, 10, n)
+    images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 18).astype(np.uint8)
+    write_idx(directory / f'{prefix}-images-idx3-ubyte.gz', images)
+    write_idx(directory / f'{prefix}-labels-idx1-ubyte.gz', labels.astype(np.uint8))
+  return tmp_path
+
+
+def test_cpu_cnn_prints_every_figure(fashion_mnist_dir):
+  env = {**os.environ, 'JAXMODELS_DATA_DIR': str(fashion_mnist_dir)}
+  out = run('cpu_cnn.py', '--quick', env=env)
+  for framework in ('jaxmodels', 'keras', 'pytorch', 'plain_jit'):
+    assert re.search(rf'bs +64 +{framework} +\d+ img/s|{framework}: skipped', out), out
+  assert re.search(r'^ +64 .* \d+\.\d\dx', out, re.M), out       # the ratio table
+  assert re.search(r'^ +512 ', out, re.M), out
+  assert 'P1 (>= 1.5x Keras at bs 64)' in out
+  assert re.search(r'bs +64: jaxmodels step [\d.]+ ms, plain jit step [\d.]+ ms', out), out
+  assert re.search(r'cold +: first step [\d.]+ s', out) and re.search(r'cached: first step', out)
+  assert re.search(r'test accuracy 0\.\d+ in [\d.]+ s end to end', out), out
+  assert re.search(r'^conv kernel gradient +[\d.]+ +[\d.]+$', out, re.M), out  # the profile
+
+
+def test_gpu_gpt_runs_a_tiny_model():
+  out = run('gpu_gpt.py', '--quick')
+  assert re.search(r'[\d,]+ tokens/s; loss \d', out), out
+  assert 'model count 6N+12LTE' in out
+
+
+def test_gpu_airbench_runs_a_tiny_net():
+  out = run('gpu_airbench.py', '--quick', '--torch_cpu')
+  assert re.search(r'jaxmodels: train [\d,]+ img/s, TTA eval [\d,]+ img/s', out), out
+  assert re.search(r'pytorch: +(train [\d,]+ img/s|skipped)', out), out

@@ -1,0 +1,109 @@
+"""The CPU fast path keeps the numerics of the straightforward formulations."""
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxmodels as jm
+from jaxmodels.models import SmallCNN, ThreeConvCNN, cnn
+from jaxmodels.models.layers import max_pool
+
+
+def flax_max_pool(x, window):
+  return nn.max_pool(x, (window, window), strides=(window, window))
+
+
+@pytest.mark.parametrize('shape,window', [((2, 8, 8, 3), 2), ((3, 7, 9, 4), 2), ((2, 12, 10, 5), 3)])
+def test_max_pool_and_its_gradient_equal_flax_max_pool_ties_included(shape, window):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  x = x.at[0, 0, 0].set(x[0, 1, 1]).at[1, 2, 2].set(x[1, 3, 3])  # Ties inside a window.
+  x = x.at[1, :window, :window].set(0.0)                          # ReLU-style zeros.
+  np.testing.assert_array_equal(max_pool(x, window), flax_max_pool(x, window))
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), flax_max_pool(x, window).shape)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x, window) * cotangent))(x)
+  np.testing.assert_array_equal(grad(max_pool), grad(flax_max_pool))
+
+
+class StraightforwardSmallCNN(nn.Module):
+  """SmallCNN as written in the Flax docs: conv -> ReLU -> nn.max_pool -> dense."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.relu(nn.Conv(32, (3, 3), padding='VALID', name='Conv_0')(x))
+    x = flax_max_pool(x, 2).reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128, name='Dense_0')(x))
+    return nn.Dense(10, name='Dense_1')(x)
+
+
+def _loss_and_grads(module, variables, images, labels):
+  model = jm.linen_model(module)
+
+  def objective(params):
+    logits, _ = model.apply({**variables, 'params': params}, images, train=True)
+    return jnp.mean(jm.classification_loss()(logits, {'labels': labels}))
+  return jax.value_and_grad(objective)(variables['params'])
+
+
+def test_small_cnn_equals_the_straightforward_formulation():
+  """Pool-before-ReLU and the custom pooling gradient: same loss and gradients."""
+  images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  labels = jnp.arange(8) % 10
+  variables = jm.linen_model(SmallCNN()).init(jax.random.PRNGKey(1), images)
+  fast = _loss_and_grads(SmallCNN(), variables, images, labels)
+  reference = _loss_and_grads(StraightforwardSmallCNN(), variables, images, labels)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_three_conv_cnn_gradients_equal_those_with_flax_max_pool(monkeypatch):
+  """With batch-norm, and ReLU zeros (exact ties in a window)."""
+  module = ThreeConvCNN(widths=(8, 16, 16), dense=16, batch_norm=True)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  labels = jnp.arange(8) % 10
+  variables = jm.linen_model(module).init(jax.random.PRNGKey(1), images)
+  fast = _loss_and_grads(module, variables, images, labels)
+  monkeypatch.setattr(cnn, 'max_pool', flax_max_pool)
+  reference = _loss_and_grads(module, variables, images, labels)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_steps_per_dispatch_scan_equals_one_step_per_call():
+  """fit's k-steps-per-dispatch program (lax.scan) trains as k separate calls do (XLA may
+  fuse across the unrolled steps, so to float rounding rather than to the bit)."""
+  rng = np.random.default_rng(0)
+  images = rng.random((64, 28, 28, 1), np.float32)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  model = jm.linen_model(SmallCNN())
+  tx = optax.adam(1e-3)
+  step = jm.make_train_step(model.apply, jm.classification_loss(), tx, jm.classification_metrics(10))
+  results = []
+  for spd in (1, 4):
+    state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), images[:1])
+    state, history = jm.fit(state, step, (images, labels), batch_size=16, num_steps=8,
+                            steps_per_dispatch=spd, log_every_steps=8, progress=False)
+    results.append((state.params, history.train[-1]['loss']))
+  for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)
+
+
+CACHE_CHILD = '''
+import sys, jax, jax.numpy as jnp
+import jaxmodels as jm
+print(jm.enable_compilation_cache(sys.argv[1]))
+print(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.arange(3.0)).sum())
+'''
+
+
+def test_compilation_cache_writes_programs_to_its_directory(tmp_path):
+  out = subprocess.run([sys.executable, '-c', CACHE_CHILD, str(tmp_path / 'cache')],
+                       capture_output=True, text=True, check=True)
+  assert out.stdout.split('\n')[0] == str(tmp_path / 'cache')
+  assert any((tmp_path / 'cache').iterdir()), 'no compiled program was cached'
+  assert jm.enable_compilation_cache('off') is None

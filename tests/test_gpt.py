@@ -1,0 +1,87 @@
+"""GPT: KV-cache decoding equals a full recompute, the causal mask holds, it memorises a
+tiny corpus, and sampling respects temperature / top-k / top-p."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxmodels as jm
+from jaxmodels.data import ByteTokenizer
+from jaxmodels.models import GPT, generate, sample_logits
+
+SMALL = dict(vocab_size=64, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64, max_length=24,
+             dropout=0.0)
+
+
+def _params(model, tokens):
+  return nn.meta.unbox(model.init(jax.random.PRNGKey(1), tokens)['params'])
+
+
+@pytest.mark.parametrize('positions', ['rotary', 'learned'])
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_kv_cache_decoding_equals_full_recompute(positions, scan_layers):
+  model = GPT(**SMALL, positions=positions, scan_layers=scan_layers)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 20), 0, 64)
+  params = _params(model, tokens)
+  full = model.apply({'params': params}, tokens)
+
+  decoder = model.clone(decode=True)
+  cache = jax.tree.map(jnp.zeros_like, decoder.init(jax.random.PRNGKey(0), tokens[:, :1])['cache'])
+  logits, state = decoder.apply({'params': params, 'cache': cache}, tokens[:, :7], mutable=['cache'])
+  pieces = [logits]
+  for t in range(7, 20):  # Then one token at a time.
+    logits, state = decoder.apply({'params': params, **state}, tokens[:, t:t + 1], mutable=['cache'])
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_future_tokens_do_not_change_past_logits():
+  model = GPT(**SMALL)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 20), 0, 64)
+  params = _params(model, tokens)
+  changed = tokens.at[:, 12:].set((tokens[:, 12:] + 7) % 64)
+  a, b = model.apply({'params': params}, tokens), model.apply({'params': params}, changed)
+  np.testing.assert_array_equal(a[:, :12], b[:, :12])
+  assert not np.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_memorises_a_tiny_corpus_and_generates_it_back():
+  text = 'jaxmodels trains pure functions. ' * 4
+  tokens = ByteTokenizer.encode(text)
+  x, y = tokens[None, :-1], tokens[None, 1:]
+  model = jm.linen_model(GPT(vocab_size=256, num_layers=2, num_heads=2, embed_dim=64, mlp_dim=128,
+                             max_length=x.shape[1], dropout=0.0))
+  tx = optax.adam(3e-3)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), x)
+  loss = lambda logits, batch: jm.softmax_cross_entropy(logits, batch['labels'])
+  step = jax.jit(jm.make_train_step(model.apply, loss, tx))
+  for _ in range(150):
+    state, metrics = step(state, {'inputs': x, 'labels': y})
+  assert jm.summarize(metrics)['loss'] < 0.02
+  gpt = GPT(vocab_size=256, num_layers=2, num_heads=2, embed_dim=64, mlp_dim=128,
+            max_length=x.shape[1], dropout=0.0)
+  out = generate(gpt, state.params, x[:, :10], jax.random.PRNGKey(0), max_new_tokens=40,
+                 temperature=0.0)
+  assert ByteTokenizer.decode(out[0]) == text[:50]
+
+
+def test_sampling_controls():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+  draw = lambda **kw: np.asarray(sample_logits(jax.random.PRNGKey(0), logits, **kw))
+  np.testing.assert_array_equal(draw(temperature=0.0), 0)
+  np.testing.assert_array_equal(draw(top_k=1), 0)
+  assert set(draw(top_k=2)) == {0, 1}
+  assert set(draw(top_p=0.75)) == {0, 1}  # 0.5 + 0.3 reaches 0.75: the nucleus is {0, 1}.
+  freq = np.bincount(draw(), minlength=4) / 4000
+  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+  hot = np.bincount(draw(temperature=5.0), minlength=4) / 4000  # Flatter than p.
+  assert hot[3] > 0.15
+
+
+def test_generate_refuses_to_run_past_the_cache():
+  model = GPT(**SMALL)
+  prompt = jnp.zeros((1, 20), jnp.int32)
+  with pytest.raises(ValueError, match='exceeds max_length 24'):
+    generate(model, _params(model, prompt), prompt, jax.random.PRNGKey(0), max_new_tokens=8)
