@@ -16,6 +16,7 @@ from jaxmodels.data.batching import shard_examples
 from jaxmodels.data.batching import take_batch
 from jaxmodels.data.dataset import CLASS_NAMES
 from jaxmodels.data.dataset import ImageClassificationData
+from jaxmodels.data.dataset import process_block
 from jaxmodels.data.dataset import take_subset
 from jaxmodels.data.errors import DataError
 from jaxmodels.data.errors import DataUnavailableError

@@ -86,12 +86,17 @@ def take_subset(data: ImageClassificationData, num_train=None,
   )
 
 
+def process_block(array, index: int, count: int):
+  """Process `index` of `count`'s contiguous block of `array` (multi-host input)."""
+  return array[len(array) * index // count:len(array) * (index + 1) // count]
+
+
 def process_part(data: ImageClassificationData, index: int,
                  count: int) -> ImageClassificationData:
   """Process `index` of `count`'s contiguous block of each split (multi-host input)."""
   if count == 1:
     return data
-  block = lambda x: x[len(x) * index // count:len(x) * (index + 1) // count]
+  block = lambda x: process_block(x, index, count)
   return dataclasses.replace(
       data,
       train_images=block(data.train_images), train_labels=block(data.train_labels),

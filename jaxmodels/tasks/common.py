@@ -84,6 +84,14 @@ def make_step(model: train_lib.Model, loss_fn, tx, metrics_fn, schedule, config,
   return train_lib.make_train_step(model.apply, loss_fn, tx, metrics_fn, schedule, **kwargs)
 
 
+def begin_run(config, workdir: str):
+  """What every task does first, after validating its config: checks that all processes
+  share the config, prepares the workdir and returns the mesh."""
+  parallel.assert_same_config(config)
+  prepare_workdir(workdir)
+  return make_mesh(config)
+
+
 def prepare_workdir(workdir: str) -> None:
   """Creates workdir; a ConfigError (one line) if it cannot be written."""
   try:

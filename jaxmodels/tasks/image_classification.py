@@ -111,9 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   start = time.perf_counter()
   validate_config(config)
-  parallel.assert_same_config(config)
-  common.prepare_workdir(workdir)
-  mesh = common.make_mesh(config)
+  mesh = common.begin_run(config, workdir)
   dataset = load_data(config)
   logging.info('data: %s, train %s, test %s; mesh %s', dataset.source, dataset.train_images.shape,
                dataset.test_images.shape, dict(mesh.shape))

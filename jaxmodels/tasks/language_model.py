@@ -95,17 +95,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains a byte-level GPT; returns the summary (losses, perplexity, samples, tokens/s)."""
   start = time.perf_counter()
   common.check_rules(config, _RULES)
-  parallel.assert_same_config(config)
-  common.prepare_workdir(workdir)
-  mesh = common.make_mesh(config)
+  mesh = common.begin_run(config, workdir)
   train_text, val_text, source = data_lib.load_corpus(config.data.text_file, config.data.tfds_name,
                                                       config.data.val_fraction)
   train_tokens = data_lib.ByteTokenizer.encode(train_text)
   val_tokens = data_lib.ByteTokenizer.encode(val_text)
   entropy = data_lib.unigram_entropy(train_tokens, data_lib.ByteTokenizer.vocab_size)
   seq_len = config.data.seq_len
-  train_x, train_y = _process_part(*data_lib.windows(train_tokens, seq_len))
-  val_x, val_y = _process_part(*data_lib.windows(val_tokens, seq_len))
+  part = lambda a: data_lib.process_block(a, jax.process_index(), jax.process_count())
+  train_x, train_y = map(part, data_lib.windows(train_tokens, seq_len))
+  val_x, val_y = map(part, data_lib.windows(val_tokens, seq_len))
   print(f'corpus {source}: {len(train_tokens):,} train / {len(val_tokens):,} validation bytes; '
         f'unigram entropy {entropy:.3f} nats/byte', flush=True)
 
@@ -170,9 +169,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(report.write_summary(workdir, summary))
   return summary
 
-
-def _process_part(x, y):
-  """This process's contiguous block of windows."""
-  n, i = jax.process_count(), jax.process_index()
-  block = slice(len(x) * i // n, len(x) * (i + 1) // n)
-  return x[block], y[block]

@@ -109,9 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains a text classifier; returns the summary with test metrics and the report."""
   start = time.perf_counter()
   common.check_rules(config, _RULES)
-  parallel.assert_same_config(config)
-  common.prepare_workdir(workdir)
-  mesh = common.make_mesh(config)
+  mesh = common.begin_run(config, workdir)
   train_texts, train_labels, test_texts, test_labels, names, source = load_texts(config)
   train_texts = [data_lib.clean_text(t) for t in train_texts]
   test_texts = [data_lib.clean_text(t) for t in test_texts]
@@ -120,8 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_x, test_x = vocab.encode(train_texts, length), vocab.encode(test_texts, length)
   print(f'texts {source}: {len(train_x)} train / {len(test_x)} test, {len(names)} classes, '
         f'vocabulary {vocab.size}', flush=True)
-  part = lambda a: a[len(a) * jax.process_index() // jax.process_count():
-                     len(a) * (jax.process_index() + 1) // jax.process_count()]
+  part = lambda a: data_lib.process_block(a, jax.process_index(), jax.process_count())
   train_x, train_y, test_x, test_y = (part(a) for a in (train_x, train_labels, test_x, test_labels))
 
   module = build_model(config, vocab.size, len(names))

@@ -255,10 +255,10 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
                 eval_every - step % eval_every, save_every - step % save_every)
         # A short stretch (up to a log, eval or epoch boundary) runs as single steps, so
         # only two programs are ever compiled: k = steps_per_dispatch and k = 1.
+        calls, size = (1, k) if k == steps_per_dispatch else (k, 1)
         metrics = None
-        for i in range(1 if k == steps_per_dispatch else k):
-          state, step_metrics = runner(k if k == steps_per_dispatch else 1, state, arrays,
-                                       batch_indices, position + i)
+        for i in range(calls):
+          state, step_metrics = runner(size, state, arrays, batch_indices, position + i)
           metrics = step_metrics if metrics is None else merge(metrics, step_metrics)
         pending = metrics if pending is None else merge(pending, metrics)
         step, position, steps_since = step + k, position + k, steps_since + k
