@@ -82,7 +82,7 @@ def run_jaxmodels(x, y, batch_size, steps, warmup):
   # One row per host sync, each with the rate of its interval; the first is the warm-up.
   rows = history.train[1:]
   sizes = np.diff([history.train[0]['step']] + [r['step'] for r in rows]) * batch_size
-  seconds = sum(n / r['images_per_sec'] for n, r in zip(sizes, rows))
+  seconds = sum(n / r['examples_per_sec'] for n, r in zip(sizes, rows))
   return float(np.sum(sizes) / seconds)
 
 

@@ -59,14 +59,17 @@ def last_logged_step(workdir: pathlib.Path) -> int:
   return max(steps, default=-1)
 
 
-def env():
-  # One CPU device and no TensorFlow chatter; the run reads only local files.
+def env(root: pathlib.Path):
+  # One CPU device and no TensorFlow chatter; the run reads only local files. The runs share
+  # a compilation cache: each restart is a resume, not a recompile.
   e = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return {**e, 'JAXMODELS_OFFLINE': '1', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  cache = os.environ.get('JAXMODELS_COMPILATION_CACHE', '')
+  return {**e, 'JAXMODELS_OFFLINE': '1', 'TF_CPP_MIN_LOG_LEVEL': '3',
+          'JAXMODELS_COMPILATION_CACHE': cache if cache not in ('', 'off') else str(root / 'xla')}
 
 
-def run_to_end(cmd):
-  result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+def run_to_end(cmd, root):
+  result = subprocess.run(cmd, env=env(root), capture_output=True, text=True, timeout=600)
   if result.returncode != 0:
     raise SystemExit(f'run failed ({result.returncode}):\n{result.stderr[-3000:]}')
 
@@ -75,7 +78,8 @@ def run_and_interrupt(cmd, workdir, target_step, sig):
   """Starts the run; sends `sig` once a step >= target_step is logged. Returns (step, code)."""
   # stderr to a file, not a pipe: an unread pipe fills up and blocks the child.
   log = open(workdir.parent / 'interrupted_run.log', 'w+')
-  proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
+  proc = subprocess.Popen(cmd, env=env(workdir.parent), stdout=subprocess.DEVNULL, stderr=log,
+                          text=True)
   while proc.poll() is None and last_logged_step(workdir) < target_step:
     time.sleep(0.02)
   step = last_logged_step(workdir)
@@ -121,7 +125,7 @@ def main():
   make_data(data)
 
   start = time.perf_counter()
-  run_to_end(command(data, reference))
+  run_to_end(command(data, reference), root)
   print(f'uninterrupted run: {time.perf_counter() - start:.1f}s', flush=True)
 
   rng = np.random.default_rng(args.seed)
@@ -130,7 +134,7 @@ def main():
     step, code = run_and_interrupt(command(data, resumed), resumed, int(target), sig)
     print(f'interruption {i + 1}/{args.kills}: SIG{args.signal} at step {step} '
           f'(exit code {code})', flush=True)
-  run_to_end(command(data, resumed))
+  run_to_end(command(data, resumed), root)
 
   same, problems = compare(reference, resumed)
   print(f'final params bit-identical to the uninterrupted run: {same}')

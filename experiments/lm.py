@@ -10,4 +10,4 @@ from jaxmodels import cli
 from jaxmodels.tasks import language_model
 
 if __name__ == '__main__':
-  cli.run(language_model.train_and_evaluate, __file__)
+  cli.run(language_model.TASK, __file__)

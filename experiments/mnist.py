@@ -8,4 +8,4 @@ from jaxmodels import cli
 from jaxmodels.tasks import image_classification
 
 if __name__ == '__main__':
-  cli.run(image_classification.train_and_evaluate, __file__)
+  cli.run(image_classification.TASK, __file__)

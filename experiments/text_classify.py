@@ -8,4 +8,4 @@ from jaxmodels import cli
 from jaxmodels.tasks import text_classification
 
 if __name__ == '__main__':
-  cli.run(text_classification.train_and_evaluate, __file__)
+  cli.run(text_classification.TASK, __file__)

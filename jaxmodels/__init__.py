@@ -7,16 +7,16 @@ from jaxmodels import data, models, parallel, report
 from jaxmodels.compilation_cache import enable_compilation_cache
 from jaxmodels.data import load_dataset, make_augment, normalize
 from jaxmodels.errors import (CheckpointError, ConfigError, DataError, DataUnavailableError,
-                              InputError, NonFiniteError, Preempted)
-from jaxmodels.train import (Callback, EarlyStopping, History, LambdaCallback, Mean, Model,
-                             TrainState, as_model, classification_loss, classification_metrics,
-                             classification_report, confusion_matrix, create_train_state,
-                             decay_mask, fit, function_model, linen_model, make_eval_step,
-                             make_evaluate_fn, make_optimizer, make_predict_fn, make_schedule,
-                             make_train_step, mean_squared_error, merge, nnx_model, one_cycle,
-                             precision_recall_f1, sigmoid_binary_cross_entropy,
-                             softmax_cross_entropy, step_rngs, summarize, top_k_correct, warmup_cosine,
-                             with_preprocess)
+                              InputError, NonFiniteError, Preempted, UserError)
+from jaxmodels.train import (Callback, EarlyStopping, Evaluate, History, LambdaCallback, LogWriter,
+                             Mean, Model, TerminateOnNaN, TrainState, as_model,
+                             classification_loss, classification_metrics, classification_report,
+                             confusion_matrix, create_train_state, decay_mask, fit,
+                             function_model, linen_model, make_eval_step, make_evaluate_fn,
+                             make_optimizer, make_predict_fn, make_schedule, make_train_step,
+                             mean_squared_error, merge, nnx_model, one_cycle, precision_recall_f1,
+                             sigmoid_binary_cross_entropy, softmax_cross_entropy, step_rngs,
+                             summarize, top_k_correct, warmup_cosine, with_preprocess)
 
 __version__ = '0.1.0'
 

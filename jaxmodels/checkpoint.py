@@ -14,34 +14,23 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxmodels.errors import CheckpointError, NonFiniteError
-
-# Config keys that may change between a run and its resumption (paths, lengths,
-# logging, the mesh: restoring onto another device count is supported).
-RESUMABLE_KEYS = ('train.num_epochs', 'train.num_steps', 'train.log_every_steps',
-                  'train.eval_every_steps', 'train.eval_batch_size', 'train.progress',
-                  'train.steps_per_dispatch', 'parallel.', 'checkpoint.', 'resume', 'report.',
-                  'data.local_dir', 'data.data_dir', 'data.source', 'nan.', 'init_from')
+from jaxmodels.errors import CheckpointError, NonFiniteError, Preempted
+from jaxmodels.schema import flatten
+from jaxmodels.train.callbacks import Callback
+from jaxmodels.train.guards import PreemptionGuard
 
 
-def _flatten(tree: Mapping, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def config_differences(saved: Mapping, current: Mapping) -> list[str]:
+def config_differences(saved: Mapping, current: Mapping, resumable: Callable[[str], bool]):
   """'key: saved -> current' for every key that differs and may not change on resume."""
-  saved, current = _flatten(saved), _flatten(current)
+  as_list = lambda v: list(v) if isinstance(v, tuple) else v  # JSON has no tuples.
+  saved = {k: as_list(v) for k, v in flatten(saved).items()}
+  current = {k: as_list(v) for k, v in flatten(current).items()}
   keys = sorted(set(saved) | set(current))
   return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in keys
-          if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
+          if saved.get(k) != current.get(k) and not resumable(k)]
 
 
 @jax.jit
@@ -51,6 +40,12 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def sync_processes(name: str) -> None:
+  """A barrier across the processes of a multi-process run (nothing to wait for in one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
   """Saves and restores one run's checkpoints in `directory`.
 
@@ -58,17 +53,19 @@ class Checkpointer:
   suffices; 0 turns one off). keep_last: the newest K are kept; keep_best:
   plus the best M by eval metric `best_metric` (`best_mode` 'max' or 'min').
   config: this run's config (a dict); restoring a checkpoint written under a
-  different config is refused unless resume='force'.
+  different config is refused unless resume='force', except for the keys that
+  `resumable(key)` allows to change (the schema's resume policy).
   """
 
   def __init__(self, directory: str, *, config: Mapping | None = None,
+               resumable: Callable[[str], bool] = lambda key: False,
                save_every_steps: int = 0, save_every_seconds: float = 0,
                keep_last: int = 3, keep_best: int = 0, best_metric: str = 'accuracy',
                best_mode: str = 'max', async_save: bool = True, resume: str = 'auto'):
     if resume not in ('auto', 'force'):
-      raise CheckpointError(f"resume must be 'auto' or 'force', got {resume!r}")
+      raise CheckpointError(f"resume must be 'auto' or 'force', got {resume!r}", key='resume')
     self.directory = os.path.abspath(directory)
-    self.config, self.resume = dict(config or {}), resume
+    self.config, self.resume, self._resumable = dict(config or {}), resume, resumable
     self.save_every_steps = save_every_steps  # fit ends a dispatch at these steps.
     save_policies = [policies.PreemptionCheckpointingPolicy()]
     if save_every_steps:
@@ -101,6 +98,10 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The kept checkpoint with the best metric (keep_best), or None."""
+    return self._manager.best_step()
 
   def should_save(self, step: int) -> bool:
     return self._manager.should_save(step)
@@ -144,11 +145,13 @@ class Checkpointer:
       there = flat_saved.get(name)
       if there is None:
         raise CheckpointError(f'checkpoint step {step} in {self.directory} has no {name}: it '
-                              'belongs to another model; use another --workdir or init_from')
+                              'belongs to another model; use another workdir, or init_from',
+                              key='workdir')
       if tuple(there.shape) != tuple(leaf.shape):
         raise CheckpointError(
             f'checkpoint step {step} in {self.directory} is from a different model: {name} is '
-            f'{tuple(there.shape)} there, {tuple(leaf.shape)} here; use another --workdir')
+            f'{tuple(there.shape)} there, {tuple(leaf.shape)} here; use another workdir',
+            key='workdir')
 
   def _restore_step(self, step, abstract_state):
     self._check_shapes(step, abstract_state)
@@ -175,23 +178,26 @@ class Checkpointer:
         logging.warning('checkpoint step %d is unreadable (%s: %s); moved it to %s and falling '
                         'back to the previous one', candidate, type(e).__name__,
                         str(e).splitlines()[0][:200] if str(e) else '', moved)
-        print(f'warning: checkpoint step {candidate} in {self.directory} is unreadable; '
-              f'moved it to {moved}, falling back to the previous checkpoint')
+        if jax.process_index() == 0:
+          print(f'warning: checkpoint step {candidate} in {self.directory} is unreadable; '
+                f'moved it to {moved}, falling back to the previous checkpoint')
         continue
       self._check_config(candidate, meta.get('config', {}))
       return state, meta
     if candidates:
       raise CheckpointError(f'no readable checkpoint in {self.directory} (unreadable ones were '
-                            'moved to unreadable-<step>); use another --workdir to start afresh')
+                            'moved to unreadable-<step>); use another workdir to start afresh',
+                            key='workdir')
     return None
 
   def _check_config(self, step, saved_config):
-    differences = config_differences(saved_config, self.config) if self.config else []
+    differences = (config_differences(saved_config, self.config, self._resumable)
+                   if self.config else [])
     if differences and self.resume != 'force':
       raise CheckpointError(
           f'{self.directory} holds checkpoints (step {step}) of a run with another config '
-          f'({"; ".join(differences[:3])}): use another --workdir, or --config.resume=force '
-          'to continue from them anyway')
+          f'({"; ".join(differences[:3])}): use another workdir, or resume=force to continue '
+          'from them anyway', key='workdir')
 
   def _set_aside(self, step) -> str:
     source = os.path.join(self.directory, str(step))
@@ -202,6 +208,7 @@ class Checkpointer:
         suffix += 1
         target = os.path.join(self.directory, f'unreadable-{step}.{suffix}')
       os.rename(source, target)
+    sync_processes(f'jaxmodels: checkpoint {step} set aside')  # Before anyone reopens.
     self._manager = self._open()
     return target
 
@@ -262,3 +269,39 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
 
 
+
+
+class Checkpoint(Callback):
+  """Saves through `checkpointer` during `fit`: every `checkpointer.save_every_steps` steps (or
+  as its time policy says), after each evaluation (with its metrics, for keep-best), at
+  the end, when a callback stops training (meta 'stopped_early'), and on SIGTERM /
+  SIGINT or a pod preemption notice, after which it raises `Preempted`. Saves still in
+  flight reach the disk before fit returns or raises."""
+  order = 1  # Last: after evaluation and early stopping have spoken for this step.
+
+  def __init__(self, checkpointer: Checkpointer):
+    self.checkpointer, self.every_steps = checkpointer, checkpointer.save_every_steps
+    self._guard, self._eval = None, (None, None)
+
+  def on_fit_start(self, loop, state):
+    self._loop, self._guard = loop, PreemptionGuard().__enter__()
+
+  def on_eval_end(self, step, logs, state):
+    self._eval = (step, logs)
+
+  def on_steps_end(self, step, state):
+    preempted = self._guard.requested or self.checkpointer.reached_preemption(step)
+    stopped = self._loop.stop_requested
+    evaluated = self._eval[0] == step
+    if (preempted or stopped or evaluated or step == self._loop.total_steps or
+        self.checkpointer.should_save(step)):
+      self.checkpointer.save(step, state, meta={**self._loop.position(step),
+                                                'stopped_early': stopped},
+                             metrics=self._eval[1] if evaluated else None, force=True)
+    if preempted:
+      raise Preempted(step)
+
+  def on_fit_exit(self):
+    if self._guard is not None:
+      self._guard.__exit__(None, None, None)
+    self.checkpointer.wait()

@@ -1,20 +1,21 @@
 """User-facing error types. Each carries one line: what is wrong and what to do.
 
-`USER_ERRORS` is what the experiment CLI turns into a one-line message and a
-non-zero exit instead of a traceback.
+`USER_ERRORS` is what the experiment CLI turns into a one-line message and exit
+code 2 instead of a traceback; their `key` (a config key, or 'workdir') becomes
+the flag to change.
 """
-from jaxmodels.data.errors import DataError, DataUnavailableError
+from jaxmodels.data.errors import DataError, DataUnavailableError, UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config key that does not exist or a value that is out of range."""
 
 
-class InputError(ValueError):
+class InputError(UserError):
   """A batch or array whose shape, dtype or values do not fit the model."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint that does not fit this run (other model or config) or cannot be read."""
 
 
@@ -34,7 +35,7 @@ class Preempted(Exception):  # noqa: N818 - a signal, not a failure.
     self.step = step
 
 
-USER_ERRORS = (ConfigError, InputError, DataError, CheckpointError)
+USER_ERRORS = (UserError,)
 
-__all__ = ['ConfigError', 'InputError', 'DataError', 'DataUnavailableError', 'CheckpointError',
-           'NonFiniteError', 'Preempted', 'USER_ERRORS']
+__all__ = ['UserError', 'ConfigError', 'InputError', 'DataError', 'DataUnavailableError',
+           'CheckpointError', 'NonFiniteError', 'Preempted', 'USER_ERRORS']

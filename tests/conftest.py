@@ -6,6 +6,31 @@ _FLAG = '--xla_force_host_platform_device_count=8'
 if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_FLAG}'.strip()
 
-# Experiments turn JAX's persistent compilation cache on by default; tests that run them
-# should neither read nor fill the user's cache (test_compilation_cache.py checks it).
-os.environ.setdefault('JAXMODELS_COMPILATION_CACHE', 'off')
+# One persistent compilation cache for the whole session, in a fresh temporary directory:
+# tests (and the experiments and workers they start) that compile the same programs share
+# them, and the user's own cache is neither read nor filled.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if 'JAXMODELS_COMPILATION_CACHE' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='jaxmodels-test-xla-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ['JAXMODELS_COMPILATION_CACHE'] = _CACHE
+
+import jaxmodels  # noqa: E402
+
+jaxmodels.enable_compilation_cache()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """`tfds.testing.mock_data`, on a machine that looks online: mock_data makes tfds' download a
+  no-op and serves random examples, so the library takes its ordinary download path."""
+  import tensorflow_datasets as tfds
+
+  from jaxmodels.data import tfds_source
+  monkeypatch.setattr(tfds_source, 'network_available', lambda *args, **kwargs: True)
+  return tfds.testing.mock_data

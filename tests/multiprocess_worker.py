@@ -52,14 +52,14 @@ state, history = jm.fit(state, train_step, (images[mine], labels[mine]), batch_s
 fit_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
 
 # 3. FSDP across both processes with orbax checkpoints in a directory they share.
-from jaxmodels.checkpoint import Checkpointer, restore_or_init  # noqa: E402
+from jaxmodels.checkpoint import Checkpoint, Checkpointer, restore_or_init  # noqa: E402
 fsdp_mesh = parallel.make_mesh({'data': 2, 'fsdp': 2})
 state, shardings = parallel.create_sharded_state(init, jax.random.PRNGKey(0), fsdp_mesh,
                                                  fsdp_min_size=64)
 directory = os.path.join(os.path.dirname(out), f'checkpoints-{num_processes}')
 state, _ = jm.fit(state, train_step, (images[mine], labels[mine]), batch_size=32, num_steps=6,
                   log_every_steps=3, mesh=fsdp_mesh, progress=False,
-                  checkpointer=Checkpointer(directory, save_every_steps=3))
+                  callbacks=[Checkpoint(Checkpointer(directory, save_every_steps=3))])
 restored, meta = restore_or_init(Checkpointer(directory), init, jax.random.PRNGKey(5), shardings)
 assert meta is not None and int(restored.step) == 6 and Checkpointer(directory).steps == [3, 6]
 gather = lambda tree: jax.tree.map(

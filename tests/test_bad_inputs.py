@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -19,13 +20,13 @@ from jaxmodels.checkpoint import Checkpointer, restore_or_init
 from jaxmodels.data import (ImageClassificationData, load_dataset, make_augment, read_idx,
                             write_idx)
 from jaxmodels.models import MLP, SmallCNN
-from jaxmodels.tasks import common, image_classification
+from jaxmodels.tasks import image_classification, runner
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _config(**changes):
-  config = image_classification.default_config()
+  config = runner.default_config(image_classification.TASK)
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split('.')
@@ -36,7 +37,7 @@ def _config(**changes):
 
 
 def _validate(**changes):
-  return lambda tmp: image_classification.validate_config(_config(**changes))
+  return lambda tmp: runner.validate(image_classification.TASK, _config(**changes))
 
 
 def _mlp_fit(**kwargs):
@@ -79,6 +80,18 @@ def _offline_mnist(tmp):
     load_dataset('mnist', data_dir=str(tmp))
   finally:
     del os.environ['JAXMODELS_OFFLINE'], os.environ['JAXMODELS_DATA_DIR']
+
+
+def _wrong_type(tmp):
+  """A config built from a plain dict, where ConfigDict's own type checks do not reach."""
+  raw = _config().to_dict()
+  raw['train']['batch_size'] = 'big'
+  runner.validate(image_classification.TASK, ml_collections.ConfigDict(raw))
+
+
+def _binary_corpus(tmp):
+  (tmp / 'weights.bin').write_bytes(np.random.default_rng(0).bytes(5000))
+  jm.data.load_corpus(text_file=str(tmp / 'weights.bin'))
 
 
 def _saved(tmp, hidden=(8,), config=None):
@@ -132,21 +145,20 @@ def _shard_map_with_fsdp(tmp):
   config = _config(**{'parallel.strategy': 'shard_map'})
   mesh = parallel.make_mesh({'data': 2, 'fsdp': 4})
   model = jm.linen_model(MLP(hidden=(8,)))
-  common.make_step(model, jm.classification_loss(), optax.sgd(0.1), None, None, config, mesh)
+  runner.make_train_step(model, jm.classification_loss(), optax.sgd(0.1), None, None, config, mesh)
 
 
 def _unwritable_workdir(tmp):
   (tmp / 'a_file').write_text('x')
-  common.prepare_workdir(str(tmp / 'a_file' / 'run'))
+  jm.report.prepare_workdir(str(tmp / 'a_file' / 'run'))
 
 
 def _init_from_missing(tmp):
   config = _config(init_from=str(tmp / 'nowhere'))
-  model = jm.linen_model(MLP(hidden=(8,)))
+  module = MLP(hidden=(8,))
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  common.restore_or_create_state(model, optax.sgd(0.1), jax.random.PRNGKey(0),
-                                 jnp.zeros((1, 4)), config, mesh,
-                                 Checkpointer(str(tmp / 'ck')))
+  runner.restore_or_create(module, jm.linen_model(module), optax.sgd(0.1), config, mesh,
+                           jnp.zeros((1, 4)), Checkpointer(str(tmp / 'ck')))
 
 
 CASES = [
@@ -169,12 +181,22 @@ CASES = [
     ('batch larger than the data', _mlp_fit(batch_size=64), jm.InputError, 'larger than the training set'),
     ('zero batch in fit', _mlp_fit(batch_size=0), jm.InputError, 'batch_size must be > 0'),
     ('both num_steps and num_epochs', _mlp_fit(num_epochs=1), jm.InputError, 'exactly one'),
-    ('eval_step without eval_data', _mlp_fit(eval_step=lambda s, b: {}), jm.InputError,
-     'without eval_data'),
-    ('unknown nan policy in fit', _mlp_fit(nan_policy='ignore'), jm.InputError, 'nan_policy'),
+    ('a hook LambdaCallback does not have', lambda tmp: jm.LambdaCallback(on_epoch=print),
+     TypeError, "LambdaCallback has no hook 'on_epoch'"),
     # Config.
-    ('unknown config key', lambda tmp: cli.check_overrides(_config(), ['--config.train.batch_sise=2']),
+    ('unknown config key', lambda tmp: cli.apply_overrides(
+        _config(), runner.schema_of(image_classification.TASK), [('train.batch_sise', '2')]),
      jm.ConfigError, "unknown config key 'train.batch_sise'; did you mean train.batch_size"),
+    ('a value that does not parse', lambda tmp: cli.apply_overrides(
+        _config(), runner.schema_of(image_classification.TASK), [('train.batch_size', 'abc')]),
+     jm.ConfigError, "cannot read 'abc' as the int that train.batch_size takes"),
+    ('a model the task cannot train', _validate(**{'model.name': 'gpt'}), jm.ConfigError,
+     'model.name must be one of mlp, small_cnn'),
+    ('an option of no model', lambda tmp: image_classification.TASK.build_model(
+        _config(**{'model.widht': 3}), None), jm.ConfigError,
+     'model.widht is an option of no model'),
+    ('a config value of the wrong type', _wrong_type, jm.ConfigError,
+     "train.batch_size must be an integer, got 'big'"),
     ('negative learning rate', _validate(**{'optimizer.learning_rate': -0.1}), jm.ConfigError,
      'optimizer.learning_rate must be > 0, got -0.1'),
     ('zero batch size', _validate(**{'train.batch_size': 0}), jm.ConfigError,
@@ -183,13 +205,16 @@ CASES = [
      'label_smoothing must be in [0, 1)'),
     ('unknown model', _validate(**{'model.name': 'resnet9000'}), jm.ConfigError,
      'model.name must be one of'),
+    ('a corpus that is a directory', lambda tmp: jm.data.load_corpus(text_file=str(tmp)),
+     jm.DataError, 'is a directory: pass a text file'),
+    ('a binary corpus', _binary_corpus, jm.DataError, 'does not look like text (it has NUL bytes)'),
     ('unknown precision', _validate(**{'precision.compute_dtype': 'fp8'}), jm.ConfigError,
      'precision.compute_dtype must be one of float32, bfloat16'),
     ('unknown strategy', _validate(**{'parallel.strategy': 'pmap'}), jm.ConfigError,
      'parallel.strategy must be one of jit, shard_map'),
     ('micro-batches that do not divide the batch', _validate(**{'train.micro_batches': 3}),
      jm.ConfigError, 'must be a multiple of train.micro_batches=3'),
-    ('unknown resume mode', _validate(resume='always'), jm.ConfigError, "resume must be 'auto' or"),
+    ('unknown resume mode', _validate(resume='always'), jm.ConfigError, 'resume must be one of auto, force'),
     ('unknown nan policy', _validate(**{'nan.policy': 'ignore'}), jm.ConfigError,
      'nan.policy must be one of stop, skip, rollback'),
     ('no epochs and no steps', _validate(**{'train.num_epochs': 0}), jm.ConfigError,
@@ -209,8 +234,7 @@ CASES = [
      'cannot write to workdir'),
     # Data.
     ('missing dataset while offline', _offline_mnist, jm.DataUnavailableError,
-     "cannot download 'mnist' from tfds: no network. Point the run at local files with "
-     '--config.data.local_dir='),
+     "cannot download 'mnist' from tfds: no network. Pass local_dir=DIR holding the raw files"),
     ('unknown data source', lambda tmp: load_dataset('mnist', source='ftp'), jm.DataError,
      "unknown data source 'ftp'"),
     ('local directory without the files', lambda tmp: load_dataset('mnist', source='local',
@@ -223,7 +247,7 @@ CASES = [
     ('checkpoint of another model', _other_model_checkpoint, jm.CheckpointError,
      'is from a different model: params/Dense_0/bias is (8,) there, (9,) here'),
     ('checkpoint of another run config', _other_config_checkpoint, jm.CheckpointError,
-     "(optimizer.name: 'sgd' -> 'adamw'): use another --workdir, or --config.resume=force"),
+     "(optimizer.name: 'sgd' -> 'adamw'): use another workdir, or resume=force"),
     ('only corrupt checkpoints', _all_checkpoints_corrupt, jm.CheckpointError,
      'no readable checkpoint'),
     ('init_from that is not a checkpoint directory', _init_from_missing, jm.CheckpointError,

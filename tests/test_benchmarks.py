@@ -35,6 +35,7 @@ def fashion_mnist_dir(tmp_path):
   return tmp_path
 
 
+@pytest.mark.slow
 def test_cpu_cnn_prints_every_figure(fashion_mnist_dir):
   env = {**os.environ, 'JAXMODELS_DATA_DIR': str(fashion_mnist_dir)}
   out = run('cpu_cnn.py', '--quick', env=env)
@@ -49,12 +50,14 @@ def test_cpu_cnn_prints_every_figure(fashion_mnist_dir):
   assert re.search(r'^conv kernel gradient +[\d.]+ +[\d.]+$', out, re.M), out  # the profile
 
 
+@pytest.mark.slow
 def test_gpu_gpt_runs_a_tiny_model():
   out = run('gpu_gpt.py', '--quick')
   assert re.search(r'[\d,]+ tokens/s; loss \d', out), out
   assert 'model count 6N+12LTE' in out
 
 
+@pytest.mark.slow
 def test_gpu_airbench_runs_a_tiny_net():
   out = run('gpu_airbench.py', '--quick', '--torch_cpu')
   assert re.search(r'jaxmodels: train [\d,]+ img/s, TTA eval [\d,]+ img/s', out), out

@@ -9,7 +9,8 @@ import pytest
 
 import jaxmodels as jm
 from jaxmodels import parallel
-from jaxmodels.models import GPT, LOGICAL_AXIS_RULES, ResNet, ViT
+from jaxmodels.models import GPT, ResNet, ViT
+from jaxmodels.parallel import LOGICAL_AXIS_RULES
 
 
 def _one_step(module, batch, mesh, loss_fn, rules=(), fsdp_min_size=2**10):

@@ -16,6 +16,7 @@ from jaxmodels.checkpoint import Checkpointer, read_params, restore_or_init
 from jaxmodels.models import MLP
 
 WORKER = pathlib.Path(__file__).with_name('checkpoint_worker.py')
+RESUMABLE = lambda key: key == 'train.num_steps'  # noqa: E731 - a run's length may change.
 
 
 @pytest.mark.parametrize('saved_on, restored_on', [(8, 1), (1, 8)])
@@ -37,7 +38,8 @@ def _setup(hidden=(16,), seed=0):
 
 
 def _save(directory, state, steps, config=None):
-  checkpointer = Checkpointer(str(directory), config=config, save_every_steps=1, keep_last=5)
+  checkpointer = Checkpointer(str(directory), config=config, save_every_steps=1, keep_last=5,
+                              resumable=RESUMABLE)
   for step in steps:
     assert checkpointer.save(step, state.replace(step=jnp.int32(step)))
   checkpointer.wait()
@@ -76,6 +78,22 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
+def test_every_process_waits_for_a_corrupt_checkpoint_to_be_set_aside(tmp_path, monkeypatch):
+  """Process 0 renames; the barrier comes after the rename and before the directory is
+  reopened, so no process can see the corrupt step once it has been set aside."""
+  init, state = _setup()
+  _save(tmp_path, state, [3, 6])
+  for path in (tmp_path / '6' / 'state').rglob('*'):
+    if path.is_file():
+      path.write_bytes(b'\0garbage')
+  barriers = []
+  monkeypatch.setattr(jm.checkpoint, 'sync_processes', lambda name: barriers.append(
+      (name, (tmp_path / 'unreadable-6').is_dir())))
+  restored, _ = restore_or_init(Checkpointer(str(tmp_path)), init, jax.random.PRNGKey(0))
+  assert int(restored.step) == 3
+  assert barriers == [('jaxmodels: checkpoint 6 set aside', True)]
+
+
 def test_checkpoint_of_another_model_is_refused_with_the_mismatch(tmp_path):
   _, state = _setup(hidden=(16,))
   _save(tmp_path, state, [1])
@@ -89,12 +107,13 @@ def test_checkpoint_of_another_config_is_refused_unless_forced(tmp_path):
   _save(tmp_path, state, [1], config={'model': {'name': 'mlp'}, 'train': {'num_steps': 10}})
   # Changing only the length of the run is a resume, not another run.
   longer = {'model': {'name': 'mlp'}, 'train': {'num_steps': 20}}
-  assert restore_or_init(Checkpointer(str(tmp_path), config=longer), init,
+  assert restore_or_init(Checkpointer(str(tmp_path), config=longer, resumable=RESUMABLE), init,
                          jax.random.PRNGKey(0))[1] is not None
   other = {'model': {'name': 'small_cnn'}, 'train': {'num_steps': 10}}
   with pytest.raises(jm.CheckpointError, match=r"model.name: 'mlp' -> 'small_cnn'.*resume=force"):
-    restore_or_init(Checkpointer(str(tmp_path), config=other), init, jax.random.PRNGKey(0))
-  forced = Checkpointer(str(tmp_path), config=other, resume='force')
+    restore_or_init(Checkpointer(str(tmp_path), config=other, resumable=RESUMABLE), init,
+                    jax.random.PRNGKey(0))
+  forced = Checkpointer(str(tmp_path), config=other, resumable=RESUMABLE, resume='force')
   assert int(restore_or_init(forced, init, jax.random.PRNGKey(0))[0].step) == 1
 
 

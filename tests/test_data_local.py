@@ -209,7 +209,7 @@ def test_local_source_autodetects(monkeypatch, tmp_path, no_autodetect):
 def test_local_source_nothing_found(no_autodetect):
   with pytest.raises(DataUnavailableError) as e:
     load_dataset('mnist', source='local')
-  assert '--config.data.local_dir' in str(e.value)
+  assert 'local_dir=DIR' in str(e.value)
   assert 'debian/mnist' in str(e.value) and '\n' not in str(e.value)
 
 

@@ -34,8 +34,8 @@ def offline(monkeypatch, tmp_path):
     ('mnist', (28, 28, 1), tuple('0123456789')),
     ('cifar10', (32, 32, 3), CLASS_NAMES['cifar10']),
 ])
-def test_mock_data(tmp_path, probe_forbidden, name, shape, names):
-  with tfds.testing.mock_data(num_examples=12):
+def test_mock_data(tmp_path, mock_tfds, name, shape, names):
+  with mock_tfds(num_examples=12):
     data = load_tfds(name, data_dir=tmp_path)
   for images, labels in ((data.train_images, data.train_labels),
                          (data.test_images, data.test_labels)):
@@ -46,8 +46,8 @@ def test_mock_data(tmp_path, probe_forbidden, name, shape, names):
   assert data.source == f'tfds:{name}'
 
 
-def test_mock_data_through_auto(tmp_path, probe_forbidden):
-  with tfds.testing.mock_data(num_examples=4):
+def test_mock_data_through_auto(tmp_path, mock_tfds):
+  with mock_tfds(num_examples=4):
     data = load_dataset('mnist', data_dir=tmp_path)
   assert data.source == 'tfds:mnist' and data.train_images.shape[0] == 4
 
@@ -60,7 +60,16 @@ def test_offline_auto_fails_fast(tmp_path, offline):
   message = str(e.value)
   assert '\n' not in message
   assert "'mnist'" in message and 'no network' in message
-  assert '--config.data.local_dir' in message
+  assert 'local_dir=DIR' in message
+
+
+def test_mocked_tfds_is_not_special_to_the_library(tmp_path, monkeypatch):
+  """Under tfds.testing.mock_data, offline is still offline: the library has no test-double
+  detection, so what the tests see is what users get."""
+  monkeypatch.setattr(tfds_source, 'network_available', lambda: False)
+  with tfds.testing.mock_data(num_examples=4), pytest.raises(DataUnavailableError,
+                                                             match='no network'):
+    load_tfds('mnist', data_dir=tmp_path)
 
 
 def test_not_prepared_without_download(tmp_path, probe_forbidden):
@@ -74,7 +83,6 @@ def test_download_errors_become_one_line(monkeypatch, tmp_path):
   def refuse(self, **kwargs):
     raise requests.exceptions.ConnectionError('Max retries exceeded\nwith url')
 
-  # On the subclass: patching DatasetBuilder would look like mock_data.
   builder_cls = type(tfds.builder('mnist', data_dir=tmp_path))
   monkeypatch.setattr(builder_cls, 'download_and_prepare', refuse)
   with pytest.raises(DataUnavailableError) as e:

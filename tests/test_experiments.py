@@ -1,47 +1,55 @@
-"""Each experiment end to end for a few steps on mock data: logs, plots and summary."""
+"""The experiments end to end for a few steps on mock data (logs, plots, summary), and every
+recipe's config checked and its model built for its dataset's shape."""
 import json
 import pathlib
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jaxmodels import cli
-from jaxmodels.tasks import image_classification
+from jaxmodels.tasks import image_classification, language_model, runner, text_classification
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / 'configs'
 
 
 def _quick(config):
+  config.data.source = 'tfds'
   config.train.update(num_steps=6, batch_size=16, log_every_steps=3, eval_every_steps=3,
                       eval_batch_size=40, steps_per_dispatch=2, progress=False)
   return config
 
 
-NARROW = {  # The same networks, narrower: keeps the tests quick.
-    'cifar10': dict(widths=(8, 16, 16)),
-    'cifar10.py:resnet': dict(stage_sizes=(1, 1), widths=(8, 16)),
-    'cifar10.py:vit': dict(num_layers=2, embed_dim=32, mlp_dim=64),
-    'fashion_mnist.py:vit': dict(num_layers=1, embed_dim=32, mlp_dim=64),
-}
+@pytest.mark.parametrize('recipe, shape', [
+    ('mnist.py', (28, 28, 1)), ('fashion_mnist.py', (28, 28, 1)),
+    ('fashion_mnist.py:vit', (28, 28, 1)), ('fashion_mnist.py:fast', (28, 28, 1)),
+    ('cifar10.py', (32, 32, 3)), ('cifar10.py:resnet', (32, 32, 3)),
+    ('cifar10.py:vit', (32, 32, 3)), ('cifar10.py:three_conv', (32, 32, 3))])
+def test_every_image_recipe_validates_and_builds(recipe, shape):
+  config = cli.load_config_file(str(CONFIGS / recipe))
+  runner.validate(image_classification.TASK, config)
+  data = image_classification.TaskData((np.zeros((2, *shape), np.uint8), np.zeros(2, np.int32)),
+                                       (np.zeros((2, *shape), np.uint8), np.zeros(2, np.int32)),
+                                       'test', 'test', info={'class_names': tuple('0123456789')})
+  module = image_classification.TASK.build_model(config, data)
+  logits = jax.eval_shape(lambda x: module.init_with_output(jax.random.PRNGKey(0), x)[0],
+                          np.zeros((2, *shape), np.float32))
+  assert logits.shape == (2, 10)
 
 
-@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist', 'cifar10', 'cifar10.py:resnet',
-                                  'cifar10.py:vit', 'fashion_mnist.py:vit',
-                                  'fashion_mnist.py:fast'])
-def test_experiment_runs_end_to_end_on_mock_data(name, tmp_path):
-  path = name if ':' in name else f'{name}.py'
-  config = _quick(cli.load_config_file(str(CONFIGS / path)))
-  config.model.update(NARROW.get(name, {}))
-  name = name.split('.')[0]
-  with tfds.testing.mock_data(num_examples=80):
-    summary = image_classification.train_and_evaluate(config, str(tmp_path))
+def test_image_experiment_end_to_end_on_mock_data(tmp_path, mock_tfds):
+  config = _quick(cli.load_config_file(str(CONFIGS / 'mnist.py')))
+  config.model.update(widths=(8, 16, 16), dense=16)
+  with mock_tfds(num_examples=80):
+    summary = runner.run(image_classification.TASK, config, str(tmp_path))
 
-  assert summary['steps'] == 6 and summary['dataset'] == name
+  assert summary['steps'] == 6 and summary['dataset'] == 'mnist'
+  assert summary['examples'] == {'train': 72, 'validation': 8, 'test': 80}
+  assert summary['epochs'] == pytest.approx(6 / 4)  # 72 // 16 = 4 steps per epoch.
   assert 0.0 <= summary['test']['accuracy'] <= 1.0
-  assert summary['images_per_sec'] > 0 and summary['compile_seconds'] > 0
+  assert summary['examples_per_sec'] > 0 and summary['compile_seconds'] > 0
   saved = json.loads((tmp_path / 'summary.json').read_text())
   assert saved['test'] == pytest.approx(summary['test'])
   # The report's accuracy row and the summary agree: both come from one confusion matrix.
@@ -52,6 +60,7 @@ def test_experiment_runs_end_to_end_on_mock_data(name, tmp_path):
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'train/loss' in r] == [3, 6]
   assert [r['step'] for r in rows if 'eval/accuracy' in r] == [3, 6]
+  assert all('train/examples_per_sec' in r for r in rows if 'train/loss' in r)
   events = EventAccumulator(str(tmp_path / 'tensorboard'))
   events.Reload()
   assert {'train/loss', 'eval/accuracy', 'test/accuracy'} <= set(events.Tags()['scalars'])
@@ -61,42 +70,42 @@ def test_experiment_runs_end_to_end_on_mock_data(name, tmp_path):
     assert image.ndim == 3 and min(image.shape[:2]) > 100 and np.ptp(image) > 0, png
 
 
-def test_language_model_runs_end_to_end_on_mock_text(tmp_path):
-  from jaxmodels.tasks import language_model
+def test_language_model_end_to_end_on_mock_text(tmp_path, mock_tfds):
   config = cli.load_config_file(str(CONFIGS / 'lm.py'))
   config.data.seq_len = 16
   config.model.update(num_layers=1, embed_dim=32, mlp_dim=64)
   config.train.update(num_steps=6, batch_size=8, log_every_steps=3, eval_every_steps=3,
                       eval_batch_size=16, steps_per_dispatch=2, progress=False)
   config.sample.update(prompt='ab', max_new_tokens=10, num_samples=2)
-  with tfds.testing.mock_data(num_examples=40):
-    summary = language_model.train_and_evaluate(config, str(tmp_path))
-  assert summary['corpus'] == 'tfds:tiny_shakespeare' and summary['steps'] == 6
-  assert summary['val_perplexity'] == pytest.approx(np.exp(summary['val_loss']))
-  assert summary['tokens_per_sec'] == pytest.approx(summary['sequences_per_sec'] * 16)
+  with mock_tfds(num_examples=40):
+    summary = runner.run(language_model.TASK, config, str(tmp_path))
+  assert summary['data_source'] == 'tfds:tiny_shakespeare' and summary['steps'] == 6
+  assert summary['test']['perplexity'] == pytest.approx(np.exp(summary['test']['loss']))
+  assert summary['tokens_per_sec'] == pytest.approx(summary['examples_per_sec'] * 16)
+  assert 'images_per_sec' not in summary
   assert summary['flops_per_step'] > 0 and 0 < summary['unigram_entropy'] <= np.log(256)
   samples = summary['samples'].split('\n---\n')
   assert len(samples) == 2 and all(s.startswith('ab') for s in samples)
   assert (tmp_path / 'training_curves.png').exists() and (tmp_path / 'summary.txt').exists()
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all('train/tokens_per_sec' in r for r in rows if 'train/loss' in r)
 
 
 @pytest.mark.parametrize('model', ['lstm', 'bert'])
-def test_text_classifier_runs_end_to_end_on_mock_imdb(model, tmp_path):
-  from jaxmodels.tasks import text_classification
+def test_text_classifier_end_to_end_on_mock_imdb(model, tmp_path, mock_tfds):
   config = cli.load_config_file(str(CONFIGS / 'text_classify.py'))
   config.model.update(name=model, embed_dim=16, hidden=16, num_layers=1, mlp_dim=32)
   config.data.update(max_length=24, min_count=1)
   config.train.update(num_steps=4, batch_size=16, log_every_steps=2, eval_batch_size=32,
                       progress=False)
-  with tfds.testing.mock_data(num_examples=48):
-    summary = text_classification.train_and_evaluate(config, str(tmp_path))
+  with mock_tfds(num_examples=48):
+    summary = runner.run(text_classification.TASK, config, str(tmp_path))
   assert summary['data_source'] == 'tfds:imdb_reviews' and summary['steps'] == 4
   assert 'weighted avg' in summary['classification_report']
   assert (tmp_path / 'confusion_matrix.png').exists()
 
 
 def test_text_classifier_on_local_labelled_files(tmp_path):
-  from jaxmodels.tasks import text_classification
   rng = np.random.default_rng(0)
   words = {'space': 'star orbit rocket planet moon', 'cooking': 'salt pan oven bread soup'}
   data = tmp_path / 'texts'
@@ -107,7 +116,8 @@ def test_text_classifier_on_local_labelled_files(tmp_path):
   config = cli.load_config_file(str(CONFIGS / 'text_classify.py'))
   config.data.update(local_dir=str(data), categories=('space', 'cooking'), max_length=12)
   config.model.update(embed_dim=16, hidden=16)
-  config.train.update(num_epochs=20, batch_size=16, log_every_steps=10, progress=False)
-  summary = text_classification.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.train.update(num_epochs=20.0, batch_size=16, log_every_steps=10, progress=False)
+  summary = runner.run(text_classification.TASK, config, str(tmp_path / 'run'))
   # Disjoint vocabularies: the classes are separable, and the model learns to separate them.
   assert summary['test']['accuracy'] > 0.9, summary['classification_report']
+  assert summary['examples'] == {'train': 86, 'validation': 10, 'test': 24}

@@ -46,7 +46,7 @@ def _loss_and_grads(module, variables, images, labels):
   def objective(params):
     logits, _ = model.apply({**variables, 'params': params}, images, train=True)
     return jnp.mean(jm.classification_loss()(logits, {'labels': labels}))
-  return jax.value_and_grad(objective)(variables['params'])
+  return jax.jit(jax.value_and_grad(objective))(variables['params'])
 
 
 def test_small_cnn_equals_the_straightforward_formulation():

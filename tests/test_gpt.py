@@ -16,7 +16,7 @@ SMALL = dict(vocab_size=64, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64,
 
 
 def _params(model, tokens):
-  return nn.meta.unbox(model.init(jax.random.PRNGKey(1), tokens)['params'])
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), tokens)['params'])
 
 
 @pytest.mark.parametrize('positions', ['rotary', 'learned'])
@@ -25,14 +25,16 @@ def test_kv_cache_decoding_equals_full_recompute(positions, scan_layers):
   model = GPT(**SMALL, positions=positions, scan_layers=scan_layers)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 20), 0, 64)
   params = _params(model, tokens)
-  full = model.apply({'params': params}, tokens)
+  full = jax.jit(model.apply)({'params': params}, tokens)
 
   decoder = model.clone(decode=True)
-  cache = jax.tree.map(jnp.zeros_like, decoder.init(jax.random.PRNGKey(0), tokens[:, :1])['cache'])
-  logits, state = decoder.apply({'params': params, 'cache': cache}, tokens[:, :7], mutable=['cache'])
+  cache = jax.tree.map(jnp.zeros_like, jax.eval_shape(decoder.init, jax.random.PRNGKey(0),
+                                                      tokens[:, :1])['cache'])
+  decode = jax.jit(lambda variables, tokens: decoder.apply(variables, tokens, mutable=['cache']))
+  logits, state = decode({'params': params, 'cache': cache}, tokens[:, :7])  # The prompt at once,
   pieces = [logits]
-  for t in range(7, 20):  # Then one token at a time.
-    logits, state = decoder.apply({'params': params, **state}, tokens[:, t:t + 1], mutable=['cache'])
+  for t in range(7, 20):  # then one token at a time.
+    logits, state = decode({'params': params, **state}, tokens[:, t:t + 1])
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-5, rtol=2e-5)
 

@@ -1,4 +1,5 @@
-"""fit: epochs or steps, periodic eval, early stopping, callbacks, history, whole-split eval."""
+"""fit: epochs or steps, dispatches of several steps, the Evaluate / EarlyStopping / LogWriter
+callbacks, history, whole-split evaluation."""
 import jax
 import numpy as np
 import optax
@@ -35,15 +36,17 @@ def _assert_same_bits(a, b):
 
 
 def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_bits():
-  data = _data()
+  data = _data()  # 96 examples: 6 steps of 16 per epoch.
   _, state, step, _ = _setup()
   kw = dict(batch_size=16, progress=False, data_rng=jax.random.PRNGKey(1))
-  by_epochs, h = jm.fit(state, step, data, num_epochs=2, log_every_steps=4, **kw)
+  by_epochs, h = jm.fit(state, step, data, num_epochs=4, log_every_steps=4, **kw)
   _, state, step, _ = _setup()
-  by_steps, _ = jm.fit(state, step, data, num_steps=12, steps_per_dispatch=5, log_every_steps=4, **kw)
-  assert int(by_epochs.step) == int(by_steps.step) == 12
+  by_steps, h5 = jm.fit(state, step, data, num_steps=24, steps_per_dispatch=5,
+                        log_every_steps=12, **kw)
+  assert int(by_epochs.step) == int(by_steps.step) == 24
+  assert h.dispatch_sizes == (1,) and h5.dispatch_sizes == (1, 5)  # 5 steps ran in one call.
   _assert_same_bits(by_epochs.params, by_steps.params)
-  assert [r['step'] for r in h.train] == [4, 8, 12]
+  assert [r['step'] for r in h.train] == [4, 8, 12, 16, 20, 24]
   assert h.train[-1]['loss'] < h.train[0]['loss']
   assert h.compile_seconds > 0 and h.examples_per_sec > 0
 
@@ -64,9 +67,9 @@ def test_periodic_eval_and_callbacks():
   _, state, step, eval_step = _setup()
   seen = []
   callback = jm.LambdaCallback(on_eval_end=lambda s, logs, st: seen.append((s, int(st.step))))
-  _, history = jm.fit(state, step, data, batch_size=16, num_steps=20, eval_step=eval_step,
-                      eval_data=_data(40, seed=1), eval_every_steps=8, callbacks=[callback],
-                      progress=False)
+  evaluate = jm.Evaluate(eval_step, _data(40, seed=1), every_steps=8)
+  _, history = jm.fit(state, step, data, batch_size=16, num_steps=20,
+                      callbacks=[callback, evaluate], progress=False)
   assert [r['step'] for r in history.eval] == [8, 16, 20]
   assert seen == [(8, 8), (16, 16), (20, 20)]
   assert {'loss', 'accuracy'} <= set(history.eval[0])
@@ -77,8 +80,8 @@ def test_early_stopping_stops_and_restores_the_best_state():
   _, state, step, eval_step = _setup()
   # Loss falls every eval, so in mode 'max' only the first eval is ever "best".
   stopper = jm.EarlyStopping(monitor='loss', mode='max', patience=2)
-  final, history = jm.fit(state, step, data, batch_size=16, num_steps=60, eval_step=eval_step,
-                          eval_data=data, eval_every_steps=5, callbacks=[stopper], progress=False)
+  final, history = jm.fit(state, step, data, batch_size=16, num_steps=60, progress=False,
+                          callbacks=[stopper, jm.Evaluate(eval_step, data, every_steps=5)])
   assert [r['step'] for r in history.eval] == [5, 10, 15]
   assert stopper.best_step == 5 and int(final.step) == 5
 
@@ -97,10 +100,10 @@ def test_fit_writes_tensorboard_and_jsonl(tmp_path):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   data = _data()
   _, state, step, eval_step = _setup()
-  writer = jm.report.create_writer(str(tmp_path))
-  _, history = jm.fit(state, step, data, batch_size=16, num_steps=12, log_every_steps=6,
-                      eval_step=eval_step, eval_data=data, writer=writer, progress=False)
-  writer.close()
+  with jm.report.create_writer(str(tmp_path)) as writer:
+    _, history = jm.fit(state, step, data, batch_size=16, num_steps=12, log_every_steps=6,
+                        callbacks=[jm.LogWriter(writer), jm.Evaluate(eval_step, data)],
+                        progress=False)
   events = EventAccumulator(str(tmp_path / 'tensorboard'))
   events.Reload()
   losses = [e.value for e in events.Scalars('train/loss')]
@@ -118,3 +121,31 @@ def test_bad_fit_arguments():
     jm.fit(state, step, _data(), batch_size=0, num_steps=1, progress=False)
   with pytest.raises(jm.InputError, match='exactly one'):
     jm.fit(state, step, _data(), batch_size=8, progress=False)
+
+
+def test_fit_compiles_through_the_public_parallel_api(monkeypatch):
+  """One sharding path: fit's programs come from parallel.jit_train_step, as the README
+  teaches for hand-written loops."""
+  from jaxmodels import parallel
+  calls = []
+  original = parallel.jit_train_step
+  monkeypatch.setattr(parallel, 'jit_train_step',
+                      lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+  _, state, step, _ = _setup()
+  jm.fit(state, step, _data(), batch_size=16, num_steps=4, steps_per_dispatch=2, progress=False)
+  assert calls == [1]  # One program: 2 steps per dispatch.
+
+
+def test_every_example_trains_whatever_the_device_count():
+  """37 examples on 8 devices: the split is padded and masked, not cut, so an epoch of
+  37 // 8 = 4 steps is the same on 1 and 8 devices, and the masked padding adds nothing."""
+  from jaxmodels import parallel
+  inputs, labels = _data(37)
+  placed = jm.data.shard_examples(parallel.make_mesh({'data': 8}), ('data',),
+                                  {'inputs': inputs, 'labels': labels})
+  assert placed.num_examples == 37 and placed.arrays['valid'].shape == (40,)
+  assert float(placed.arrays['valid'].sum()) == 37 and placed.steps_per_epoch(8) == 4
+  _, state, step, _ = _setup()
+  _, history = jm.fit(state, step, placed, batch_size=8, num_epochs=1, progress=False,
+                      mesh=placed.mesh, log_every_steps=1)
+  assert len(history.train) == 4

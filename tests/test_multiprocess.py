@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = pathlib.Path(__file__).with_name('multiprocess_worker.py')
 
@@ -28,6 +29,7 @@ def _wait(proc):
   assert proc.returncode == 0, output[-4000:]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_and_match_one_process(tmp_path):
   port = _free_port()
   workers = [_launch(i, 2, port, tmp_path / f'p{i}.npz') for i in range(2)]

@@ -2,8 +2,6 @@
 import pathlib
 import re
 
-import tensorflow_datasets as tfds
-
 README = pathlib.Path(__file__).resolve().parent.parent / 'README.md'
 
 
@@ -12,12 +10,12 @@ def _compose_block() -> str:
   return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
-def test_readme_compose_block_runs_verbatim(tmp_path, monkeypatch, capsys):
+def test_readme_compose_block_runs_verbatim(tmp_path, monkeypatch, capsys, mock_tfds):
   monkeypatch.chdir(tmp_path)
   code = _compose_block()
   assert len(code.splitlines()) <= 40
   namespace = {}
-  with tfds.testing.mock_data(num_examples=300):
+  with mock_tfds(num_examples=300):
     exec(compile(code, str(README), 'exec'), namespace)  # noqa: S102 - the README itself.
   assert int(namespace['state'].step) == 200
   assert [r['step'] for r in namespace['history'].eval] == [100, 200]

@@ -5,7 +5,7 @@
   vit                ViT, 4x4 patches, 6 layers x 192, AdamW warmup-cosine, 100 epochs (~0.80)
   three_conv         the seed's three-conv CNN with BN and dropout, 30 epochs (~0.78)
 """
-from jaxmodels.tasks import image_classification
+from jaxmodels.tasks import image_classification, runner
 
 MODELS = {
     'convnet': dict(name='convnet', widths=(64, 128, 256), convs_per_stage=2, dropout=0.3,
@@ -22,21 +22,21 @@ MODELS = {
 def get_config(variant: str = 'convnet'):
   if variant not in MODELS:
     raise ValueError(f'unknown cifar10 variant {variant!r}; choose one of {", ".join(MODELS)}')
-  config = image_classification.default_config()
+  config = runner.default_config(image_classification.TASK)
   config.data.name = 'cifar10'
   config.model = MODELS[variant]
   config.augment.flip = True
   config.augment.crop_padding = 4
-  config.optimizer = dict(name='sgd', learning_rate=0.1, schedule='one_cycle', warmup_epochs=0.0,
+  config.optimizer.update(name='sgd', learning_rate=0.1, schedule='one_cycle', warmup_epochs=0.0,
                           weight_decay=5e-4, momentum=0.9, clip_norm=0.0)
-  config.train.num_epochs = 40
+  config.train.num_epochs = 40.0
   config.train.label_smoothing = 0.1
   if variant == 'vit':
-    config.optimizer = dict(name='adamw', learning_rate=1e-3, schedule='warmup_cosine',
-                            warmup_epochs=5.0, weight_decay=0.05, momentum=0.9, clip_norm=1.0)
-    config.train.num_epochs = 100
+    config.optimizer.update(name='adamw', learning_rate=1e-3, schedule='warmup_cosine',
+                            warmup_epochs=5.0, weight_decay=0.05, clip_norm=1.0)
+    config.train.num_epochs = 100.0
   elif variant == 'three_conv':
-    config.optimizer = dict(name='adamw', learning_rate=2e-3, schedule='warmup_cosine',
-                            warmup_epochs=1.0, weight_decay=5e-4, momentum=0.9, clip_norm=0.0)
-    config.train.num_epochs = 30
+    config.optimizer.update(name='adamw', learning_rate=2e-3, schedule='warmup_cosine',
+                            warmup_epochs=1.0, weight_decay=5e-4, clip_norm=0.0)
+    config.train.num_epochs = 30.0
   return config

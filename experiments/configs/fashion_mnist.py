@@ -8,20 +8,20 @@
                  10 epochs: 0.926 test accuracy in 82 s end to end on a 2-core CPU
                  (benchmarks/cpu_cnn.py measures it).
 """
-from jaxmodels.tasks import image_classification
+from jaxmodels.tasks import image_classification, runner
 
 
 def get_config(variant: str = 'cnn'):
   if variant not in ('cnn', 'vit', 'fast'):
     raise ValueError(f"unknown fashion_mnist variant {variant!r}; choose 'cnn', 'vit' or 'fast'")
-  config = image_classification.default_config()
+  config = runner.default_config(image_classification.TASK)
   config.data.name = 'fashion_mnist'
   config.model = dict(name='three_conv_cnn', widths=(64, 128, 128), dense=128, batch_norm=True,
                       dropout=0.1)
   config.augment.flip = True
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 5e-4
-  config.train.num_epochs = 10
+  config.train.num_epochs = 10.0
   config.train.label_smoothing = 0.1
   config.train.steps_per_dispatch = 4
   if variant == 'vit':
@@ -30,12 +30,12 @@ def get_config(variant: str = 'cnn'):
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 0.05
     config.optimizer.clip_norm = 1.0
-    config.train.num_epochs = 20
+    config.train.num_epochs = 20.0
   if variant == 'fast':
     config.model = dict(name='small_cnn')
     config.optimizer.learning_rate = 2e-3
     config.train.batch_size = 64  # Its activations stay in the CPU's caches.
-    config.train.num_epochs = 10
+    config.train.num_epochs = 10.0
     config.train.eval_every_steps = 4685  # Every 5 epochs (937 steps each).
     config.train.log_every_steps = 200
   return config

@@ -9,6 +9,8 @@ from jaxmodels.data.augment import make_augment
 from jaxmodels.data.augment import random_affine
 from jaxmodels.data.augment import random_crop
 from jaxmodels.data.augment import random_flip
+from jaxmodels.data import sources, text
+from jaxmodels.data.batching import ShardedExamples
 from jaxmodels.data.batching import epoch_batch_indices
 from jaxmodels.data.batching import eval_batch_indices
 from jaxmodels.data.batching import per_shard_batch
@@ -16,10 +18,11 @@ from jaxmodels.data.batching import shard_examples
 from jaxmodels.data.batching import take_batch
 from jaxmodels.data.dataset import CLASS_NAMES
 from jaxmodels.data.dataset import ImageClassificationData
-from jaxmodels.data.dataset import process_block
+from jaxmodels.data.digits import load_digits
 from jaxmodels.data.dataset import take_subset
 from jaxmodels.data.errors import DataError
 from jaxmodels.data.errors import DataUnavailableError
+from jaxmodels.data.errors import UserError
 from jaxmodels.data.idx import read_idx
 from jaxmodels.data.idx import write_idx
 from jaxmodels.data.local import find_local_dir
@@ -31,5 +34,5 @@ from jaxmodels.data.sources import load_dataset
 from jaxmodels.data.tfds_source import load_tfds
 from jaxmodels.data.tfds_source import network_available
 from jaxmodels.data.text import (ByteTokenizer, WordVocabulary, clean_text, load_corpus,
-                                 load_labelled_texts, read_text, split_examples, unigram_entropy,
-                                 windows)
+                                 load_labelled_texts, load_tfds_texts, read_text, read_text_dir,
+                                 split_examples, unigram_entropy, windows)

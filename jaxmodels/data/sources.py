@@ -1,7 +1,6 @@
 """Picks where a dataset comes from: local raw files or tensorflow_datasets."""
 
-from jaxmodels.data import local
-from jaxmodels.data import tfds_source
+from jaxmodels.data import digits, local, tfds_source
 from jaxmodels.data.dataset import ImageClassificationData, process_part
 from jaxmodels.data.errors import DataError, DataUnavailableError
 
@@ -14,7 +13,8 @@ def load_dataset(name: str, *, source: str = 'auto', local_dir=None, data_dir=No
 
   Args:
     name: e.g. 'mnist', 'fashion_mnist', 'cifar10' (any name for .npz files
-      or tfds image-classification datasets).
+      or tfds image-classification datasets), or 'digits' (scikit-learn's 8x8
+      digits, bundled: no download).
     source: 'local' (raw files), 'tfds', or 'auto', which tries in order:
       the explicit `local_dir`; a tfds dataset already prepared in
       `data_dir`; an autodetected local copy (`local.search_dirs`); a tfds
@@ -30,6 +30,8 @@ def load_dataset(name: str, *, source: str = 'auto', local_dir=None, data_dir=No
   """
   if source not in SOURCES:
     raise DataError(f'unknown data source {source!r}: use one of {SOURCES}')
+  if name == digits.NAME:
+    return process_part(digits.load_digits(), process_index, process_count)
   if source == 'tfds':
     directory = None
   elif local_dir:
@@ -40,10 +42,8 @@ def load_dataset(name: str, *, source: str = 'auto', local_dir=None, data_dir=No
     directory = local.find_local_dir(name)
     if directory is None and source == 'local':
       raise DataUnavailableError(
-          f'no local copy of {name!r} found (searched '
-          f'{", ".join(local.search_dirs(name))}): pass '
-          f'--config.data.local_dir=/path/to/dir holding '
-          f'{local.expected_files(name)}, or set {local.ENV_VAR}')
+          f'no local copy of {name!r} found (searched {", ".join(local.search_dirs(name))}): '
+          f'pass local_dir=DIR holding {local.expected_files(name)}, or set {local.ENV_VAR}')
   if directory is not None:
     return process_part(local.load_local(name, directory), process_index, process_count)
   return tfds_source.load_tfds(name, data_dir=data_dir, process_index=process_index,

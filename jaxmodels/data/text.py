@@ -19,49 +19,72 @@ FORTUNES_DIR = '/usr/share/games/fortunes'
 PAD, UNK, CLS = 0, 1, 2  # Word ids reserved by `WordVocabulary`.
 
 
-def _text_files(path: str) -> list[str]:
-  if os.path.isfile(path):
-    return [path]
-  if os.path.isdir(path):
-    # Fortune directories also hold index files (.dat) and UTF-8 copies (.u8).
-    files = [os.path.join(path, f) for f in sorted(os.listdir(path))
-             if os.path.isfile(os.path.join(path, f)) and not f.endswith(('.dat', '.u8'))]
-    if files:
-      return files
-  raise DataError(f'no text at {path!r}: pass a text file or a directory of text files')
+def _text_files(directory: str) -> list[str]:
+  """The regular files of a directory (fortune directories also hold .dat indexes and .u8
+  copies, which are left out)."""
+  if not os.path.isdir(directory):
+    raise DataError(f'{directory!r} is not a directory: pass a directory of text files')
+  files = [os.path.join(directory, f) for f in sorted(os.listdir(directory))
+           if os.path.isfile(os.path.join(directory, f)) and not f.endswith(('.dat', '.u8'))]
+  if not files:
+    raise DataError(f'{directory!r} holds no files: pass a directory of text files')
+  return files
+
+
+def _decode(path: str, raw: bytes) -> str:
+  """UTF-8 text with the odd bad byte replaced; DataError for what is not text at all."""
+  text = raw.decode('utf-8', errors='replace')
+  bad = text.count('\ufffd')
+  if b'\0' in raw or bad > 0.01 * max(len(text), 1):
+    why = 'it has NUL bytes' if b'\0' in raw else f'{bad} of {len(text)} characters are not UTF-8'
+    raise DataError(f'{path} does not look like text ({why}): pass a text file')
+  return text
 
 
 def read_text(path: str) -> str:
-  """A file, or every file of a directory concatenated (UTF-8; bad bytes replaced)."""
-  parts = []
-  for name in _text_files(path):
-    with open(name, 'rb') as f:
-      parts.append(f.read().decode('utf-8', errors='replace'))
-  return '\n'.join(parts)
+  """The text of a file (UTF-8; the odd bad byte is replaced). DataError for a directory,
+  a missing file or a binary one."""
+  if os.path.isdir(path):
+    raise DataError(f'{path!r} is a directory: pass a text file, or read_text_dir for a '
+                    'directory of text files')
+  if not os.path.isfile(path):
+    raise DataError(f'no text file at {path!r}: pass a text file')
+  with open(path, 'rb') as f:
+    return _decode(path, f.read())
 
 
-def load_corpus(text_file: str = '', tfds_name: str = 'tiny_shakespeare',
-                val_fraction: float = 0.1) -> tuple[str, str, str]:
-  """(train text, validation text, source) for language modelling.
+def read_text_dir(directory: str) -> str:
+  """Every file of `directory` (not its subdirectories) joined by newlines; each must be text."""
+  return '\n'.join(read_text(f) for f in _text_files(directory))
 
-  text_file (a file or a directory of files) wins; else tfds `tfds_name`
-  ('train' and 'validation' splits); offline without it, Debian's fortunes.
-  A local text is split at `val_fraction` from its end.
+
+def load_corpus(text_file: str = '', text_dir: str = '', tfds_name: str = 'tiny_shakespeare',
+                holdout: float = 0.1) -> tuple[str, str, str, str]:
+  """(train, validation, test texts, source) for language modelling.
+
+  text_file (one file) or text_dir (a directory of text files) wins; else tfds
+  `tfds_name` ('train', 'validation' and 'test' splits); offline without it,
+  Debian's fortunes. A local text ends in a validation and then a test part,
+  each `holdout` of its length.
   """
-  if not text_file:
+  if text_file and text_dir:
+    raise DataError('pass text_file or text_dir, not both')
+  if not (text_file or text_dir):
     try:
       return _tfds_corpus(tfds_name)
     except DataUnavailableError:
       if not os.path.isdir(FORTUNES_DIR):
         raise DataUnavailableError(
-            f"cannot download {tfds_name!r} from tfds (no network) and no local text: pass "
-            '--config.data.text_file=/path/to/text.txt (or apt-get install fortunes)') from None
-      text_file = FORTUNES_DIR
-  text = read_text(text_file)
+            f'cannot download {tfds_name!r} from tfds (no network) and no local text: pass '
+            'text_file=FILE or text_dir=DIR (or apt-get install fortunes)') from None
+      text_dir = FORTUNES_DIR
+  text = read_text(text_file) if text_file else read_text_dir(text_dir)
   if len(text) < 1000:
-    raise DataError(f'{text_file} holds {len(text)} characters: a language model needs more')
-  cut = int(len(text) * (1 - val_fraction))
-  return text[:cut], text[cut:], f'local:{text_file}'
+    raise DataError(f'{text_file or text_dir} holds {len(text)} characters: a language model '
+                    'needs more')
+  val_start, test_start = (int(len(text) * (1 - k * holdout)) for k in (2, 1))
+  return (text[:val_start], text[val_start:test_start], text[test_start:],
+          f'local:{text_file or text_dir}')
 
 
 def _tfds_corpus(name: str):
@@ -71,7 +94,27 @@ def _tfds_corpus(name: str):
     return ''.join(x['text'].decode('utf-8', errors='replace')
                    for x in tfds.as_numpy(builder.as_dataset(split=split)))
 
-  return split_text('train'), split_text('validation'), f'tfds:{name}'
+  return split_text('train'), split_text('validation'), split_text('test'), f'tfds:{name}'
+
+
+def load_tfds_texts(name: str):
+  """(train texts, train labels, test texts, test labels, class names) of a tfds dataset with
+  'text' and 'label' features, e.g. imdb_reviews."""
+  tfds, builder = tfds_source.prepared_builder(name)
+  features = builder.info.features
+  if 'text' not in features or 'label' not in features:
+    raise DataError(f"tfds dataset {name!r} has no 'text' and 'label' features")
+
+  def read(split):
+    texts, labels = [], []
+    for example in tfds.as_numpy(builder.as_dataset(split=split)):
+      texts.append(example['text'].decode('utf-8', errors='replace'))
+      labels.append(int(example['label']))
+    return texts, np.asarray(labels, np.int32)
+
+  label = features['label']
+  names = tuple(getattr(label, 'names', None) or (str(i) for i in range(label.num_classes)))
+  return (*read('train'), *read('test'), names)
 
 
 class ByteTokenizer:
@@ -147,8 +190,7 @@ def load_labelled_texts(directory: str, categories=None) -> tuple[list[str], np.
     path = os.path.join(directory, name)
     if not os.path.isfile(path):
       raise DataError(f'no file {name!r} in {directory}: each class is one text file there')
-    with open(path, 'rb') as f:
-      content = f.read().decode('utf-8', errors='replace')
+    content = read_text(path)
     parts = re.split(r'^%\s*$', content, flags=re.M) if re.search(r'^%\s*$', content, re.M) \
         else content.splitlines()
     examples = [p.strip() for p in parts if p.strip()]

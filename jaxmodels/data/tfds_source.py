@@ -5,7 +5,6 @@ runs on local files must not pay it (importing tfds itself does not import TF).
 """
 
 import os
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -21,9 +20,8 @@ PROBE_TIMEOUT_S = 3.0
 _READ_BATCH = 10_000  # Examples per numpy chunk when reading a split.
 
 _OFFLINE_HINT = (
-    'Point the run at local files with --config.data.local_dir=/path/to/dir '
-    '(IDX *-ubyte.gz files, CIFAR-10 *.bin files, or train.npz/test.npz), '
-    'or set JAXMODELS_DATA_DIR.'
+    'Pass local_dir=DIR holding the raw files (IDX *-ubyte.gz, CIFAR-10 *.bin, or '
+    'train.npz/test.npz), or set JAXMODELS_DATA_DIR.'
 )
 
 
@@ -65,18 +63,6 @@ def _import_tfds():
   return tfds
 
 
-def _download_is_stubbed(tfds) -> bool:
-  """True when a test double replaced `download_and_prepare`.
-
-  `tfds.testing.mock_data` patches `DatasetBuilder.download_and_prepare` with
-  a no-op and serves random examples from `as_dataset`, so nothing is
-  downloaded, and the builder never looks prepared (its data_dir is faked).
-  """
-  builder_cls = tfds.core.DatasetBuilder
-  method = builder_cls.download_and_prepare
-  return getattr(method, '__module__', None) != builder_cls.__module__
-
-
 def _base_name(name):
   """'cifar10' for 'cifar10:3.0.2' or 'cifar10/config'."""
   return name.split(':')[0].split('/')[0]
@@ -93,9 +79,6 @@ def is_prepared(name: str, data_dir=None) -> bool:
   Cheap: never downloads or imports TensorFlow, and does not import tfds
   unless `<data_dir>/<name>` exists.
   """
-  tfds = sys.modules.get('tensorflow_datasets')
-  if tfds is not None and _download_is_stubbed(tfds):
-    return True
   root = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join(
       os.path.expanduser('~'), 'tensorflow_datasets')
   if not os.path.isdir(os.path.join(root, _base_name(name))):
@@ -117,7 +100,7 @@ def prepared_builder(name: str, *, data_dir=None, download: bool = True):
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f'unknown tfds dataset {name!r}: check the name against '
                     'tfds.list_builders() or use local files') from None
-  if not (_download_is_stubbed(tfds) or _builder_prepared(builder)):
+  if not _builder_prepared(builder):
     _download(tfds, builder, name, download)
   return tfds, builder
 

@@ -1,11 +1,11 @@
 """Flax Linen model zoo. Every model is called as `model(x, train=bool)`; the Transformer
-families carry logical axis names for sharding (see `transformer.LOGICAL_AXIS_RULES`)."""
+families carry logical axis names for sharding (see `parallel.LOGICAL_AXIS_RULES`)."""
 from jaxmodels.models.cnn import Cifar10CNN, ConvNet, SmallCNN, ThreeConvCNN
 from jaxmodels.models.gpt import GPT, generate, sample_logits
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import ResNet
 from jaxmodels.models.text import LSTMClassifier, TransformerClassifier
-from jaxmodels.models.transformer import LOGICAL_AXIS_RULES, Encoder
+from jaxmodels.models.transformer import Encoder
 from jaxmodels.models.vit import ViT
 
 # Config name -> Linen module class; each takes `num_classes` plus keyword options.
@@ -32,4 +32,4 @@ def create_model(name: str, **kwargs):
 
 __all__ = ['MLP', 'SmallCNN', 'ThreeConvCNN', 'ConvNet', 'Cifar10CNN', 'ResNet', 'ViT',
            'LSTMClassifier', 'TransformerClassifier', 'GPT', 'Encoder', 'generate',
-           'sample_logits', 'LOGICAL_AXIS_RULES', 'MODELS', 'create_model']
+           'sample_logits', 'MODELS', 'create_model']

@@ -44,7 +44,7 @@ class ThreeConvCNN(nn.Module):
     for i, width in enumerate(self.widths):
       x = nn.Conv(width, (3, 3), padding='VALID', use_bias=not self.batch_norm, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
       if i < len(self.widths) - 1:
         x = max_pool(x, 2)  # Before the ReLU: the same values, a quarter of the work.
       x = nn.relu(x)

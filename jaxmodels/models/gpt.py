@@ -10,28 +10,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.transformer import Encoder, logical
+from jaxmodels.models.transformer import TransformerOptions, logical
 
 
-class GPT(nn.Module):
+class GPT(TransformerOptions):
   """tokens (B, T) int -> logits (B, T, vocab_size) float32.
 
   positions: 'rotary' (in every attention layer) or 'learned' (added to the
   embeddings). tie_embeddings: the output layer reuses the token embedding.
   """
   vocab_size: int = 256
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 256
-  mlp_dim: int = 1024
   max_length: int = 256
-  dropout: float = 0.1
   positions: str = 'rotary'
   tie_embeddings: bool = True
-  scan_layers: bool = False
-  remat: bool = False
   decode: bool = False
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
@@ -54,10 +46,9 @@ class GPT(nn.Module):
                          (self.max_length, self.embed_dim))
       x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.dropout, causal=True,
-                use_rotary=self.positions == 'rotary', decode=self.decode,
-                max_length=self.max_length, scan=self.scan_layers, remat=self.remat,
-                dtype=self.dtype, name='decoder')(x, positions=positions, train=train)
+    x = self.encoder(causal=True, use_rotary=self.positions == 'rotary', decode=self.decode,
+                     max_length=self.max_length, name='decoder')(x, positions=positions,
+                                                                 train=train)
     if self.tie_embeddings:
       logits = embed.attend(x)
     else:

@@ -5,7 +5,7 @@ Both take tokens (B, T) int (0 is padding) and return logits (B, num_classes) fl
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxmodels.models.transformer import Encoder, logical, padding_mask
+from jaxmodels.models.transformer import TransformerOptions, logical, padding_mask
 
 
 class LSTMClassifier(nn.Module):
@@ -40,22 +40,14 @@ class LSTMClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(summary).astype(jnp.float32)
 
 
-class TransformerClassifier(nn.Module):
+class TransformerClassifier(TransformerOptions):
   """BERT-style: token + learned position embeddings, a bidirectional Encoder with a
   padding mask, then the first token's output (the [CLS] token the tokenizer puts
   first) -> Dense."""
   vocab_size: int = 20_000
   num_classes: int = 2
-  num_layers: int = 2
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
   max_length: int = 256
-  dropout: float = 0.1
   pad_id: int = 0
-  scan_layers: bool = False
-  remat: bool = False
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
@@ -66,8 +58,7 @@ class TransformerClassifier(nn.Module):
                        (self.max_length, self.embed_dim))
     x = x + table[None, :tokens.shape[1]].astype(x.dtype)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.dropout, causal=False,
-                use_rotary=False, scan=self.scan_layers, remat=self.remat, dtype=self.dtype,
-                name='encoder')(x, mask=padding_mask(tokens, self.pad_id), train=train)
+    x = self.encoder(causal=False, use_rotary=False)(x, mask=padding_mask(tokens, self.pad_id),
+                                                     train=train)
     cls = nn.Dropout(self.dropout, deterministic=not train)(x[:, 0])
     return nn.Dense(self.num_classes, dtype=self.dtype)(cls).astype(jnp.float32)

@@ -3,8 +3,8 @@
 residual blocks, and a layer stack with optional `nn.scan` and rematerialisation.
 
 Params and activations carry logical axis names -- 'batch', 'length', 'embed',
-'heads', 'kv', 'mlp', 'vocab', 'layers' -- so sharding rules (FSDP on 'embed',
-tensor parallelism on 'heads' / 'mlp') apply without touching the model. Shapes:
+'heads', 'kv', 'mlp', 'vocab', 'layers' -- so sharding rules (`parallel.LOGICAL_AXIS_RULES`:
+FSDP on 'embed', tensor parallelism on 'heads' / 'mlp') apply without touching the model. Shapes:
 B batch, T query length, S key length, E embed, H heads, D head dim.
 """
 from collections.abc import Callable
@@ -49,16 +49,28 @@ class Projection(nn.Module):
     return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-class MultiHeadAttention(nn.Module):
-  """Self-attention. With `decode=True` it keeps a key/value cache of `max_length` positions
-  in the 'cache' collection and attends from the new tokens to everything cached so far."""
-  num_heads: int
-  head_dim: int
+class AttentionOptions(nn.Module):
+  """The attention settings that MultiHeadAttention, Block and Encoder share.
+
+  causal: each position sees only itself and the past. use_rotary: rotary positions
+  in every layer. decode: keep a key/value cache of `max_length` positions.
+  """
+  num_heads: int = 4
   causal: bool = False
   use_rotary: bool = True
   decode: bool = False
   max_length: int = 2048
   dtype: Dtype = jnp.float32
+
+  def attention_options(self) -> dict:
+    return {name: getattr(self, name) for name in
+            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'dtype')}
+
+
+class MultiHeadAttention(AttentionOptions):
+  """Self-attention. With `decode=True` it keeps a key/value cache of `max_length` positions
+  in the 'cache' collection and attends from the new tokens to everything cached so far."""
+  head_dim: int = 64
 
   @nn.compact
   def __call__(self, x, *, mask=None, positions=None):
@@ -111,25 +123,25 @@ class MLP(nn.Module):
                     kernel_init=logical(nn.initializers.lecun_normal(), 'mlp', 'embed'))(h)
 
 
-class Block(nn.Module):
-  """Pre-LayerNorm residual block: x + attn(LN(x)), then + mlp(LN(x)), with dropout."""
-  num_heads: int
-  mlp_dim: int
+class BlockOptions(AttentionOptions):
+  """A block's settings: attention's, plus the MLP width and the dropout rate."""
+  mlp_dim: int = 1024
   dropout: float = 0.0
-  causal: bool = False
-  use_rotary: bool = True
-  decode: bool = False
-  max_length: int = 2048
-  dtype: Dtype = jnp.float32
+
+  def block_options(self) -> dict:
+    return {**self.attention_options(), 'mlp_dim': self.mlp_dim, 'dropout': self.dropout}
+
+
+class Block(BlockOptions):
+  """Pre-LayerNorm residual block: x + attn(LN(x)), then + mlp(LN(x)), with dropout."""
 
   @nn.compact
   def __call__(self, x, mask, positions, train: bool):
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name,
                                      scale_init=logical(nn.initializers.ones, 'embed'),
                                      bias_init=logical(nn.initializers.zeros, 'embed'))
-    attention = MultiHeadAttention(
-        self.num_heads, x.shape[-1] // self.num_heads, self.causal, self.use_rotary,
-        self.decode, self.max_length, self.dtype, name='attention')
+    attention = MultiHeadAttention(**self.attention_options(),
+                                   head_dim=x.shape[-1] // self.num_heads, name='attention')
     h = attention(norm('norm1')(x), mask=mask, positions=positions)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
     h = MLP(self.mlp_dim, self.dtype, name='mlp')(norm('norm2')(x))
@@ -145,27 +157,17 @@ class _ScannedBlock(Block):
     return super().__call__(x, mask, positions, train), None
 
 
-class Encoder(nn.Module):
+class Encoder(BlockOptions):
   """`num_layers` Blocks and a final LayerNorm. scan: one traced layer, params stacked
   on a leading 'layers' axis (fast compiles for deep stacks); remat: recompute each
   block's activations in the backward pass."""
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  dropout: float = 0.0
-  causal: bool = False
-  use_rotary: bool = True
-  decode: bool = False
-  max_length: int = 2048
+  num_layers: int = 4
   scan: bool = False
   remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, mask=None, positions=None, train: bool = False):
-    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                  causal=self.causal, use_rotary=self.use_rotary, decode=self.decode,
-                  max_length=self.max_length, dtype=self.dtype)
+    kwargs = self.block_options()
     block = _ScannedBlock if self.scan else Block
     if self.remat:  # `train` (argument 4, counting self) picks the code path: static.
       block = nn.remat(block, static_argnums=(4,), prevent_cse=not self.scan)
@@ -188,15 +190,21 @@ def padding_mask(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
   return (tokens != pad_id)[:, None, None, :]
 
 
-# Logical axis -> mesh axis: FSDP splits the embedding dimension of every matrix, tensor
-# parallelism ('model') the heads and the MLP; the batch goes over data and fsdp.
-LOGICAL_AXIS_RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('embed', 'fsdp'),
-    ('heads', 'model'),
-    ('kv', None),
-    ('mlp', 'model'),
-    ('vocab', 'model'),
-    ('layers', None),
-)
+class TransformerOptions(nn.Module):
+  """The size and training options of the Transformer models (GPT, ViT, the BERT-style
+  classifier); `encoder(...)` builds their layer stack from them."""
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 256
+  mlp_dim: int = 1024
+  dropout: float = 0.1
+  scan_layers: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def encoder(self, *, causal: bool, use_rotary: bool, decode: bool = False,
+              max_length: int = 2048, name: str = 'encoder') -> Encoder:
+    return Encoder(num_heads=self.num_heads, causal=causal, use_rotary=use_rotary, decode=decode,
+                   max_length=max_length, dtype=self.dtype, mlp_dim=self.mlp_dim,
+                   dropout=self.dropout, num_layers=self.num_layers, scan=self.scan_layers,
+                   remat=self.remat, name=name)

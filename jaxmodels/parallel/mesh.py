@@ -47,13 +47,34 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices=None) -> Mesh:
                        devices=devices)
 
 
+def single_device_mesh() -> Mesh:
+  """A mesh of this process's first device (every axis of size 1): what `fit` uses by default."""
+  return make_mesh({'data': 1}, devices=jax.local_devices()[:1])
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The axes of `mesh` that split the batch (BATCH_AXES, where the mesh has them)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
   """Leading (batch) dimension split over BATCH_AXES, the rest whole."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+  return NamedSharding(mesh, P(batch_axes(mesh), *([None] * (ndim - 1))))
+
+
+def place_state(state, mesh: Mesh):
+  """Leaves already on `mesh` keep their sharding; the others are replicated onto it."""
+  def place(x):
+    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, replicated(mesh), lambda index: host[index])
+
+  return jax.tree.map(place, state)
 
 
 def shard_batch(batch, mesh: Mesh):

@@ -56,3 +56,12 @@ def assert_same_config(config) -> None:
   if not (everyone == everyone[0]).all():
     raise ConfigError('processes were started with different configs: launch every process '
                       'with the same command line and config file')
+
+
+def host_copy(tree):
+  """Whole numpy copies of (possibly sharded, multi-process) arrays, on every process.
+
+  A collective when a leaf is split over processes: every process must call it.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if x.is_fully_replicated
+                      else multihost_utils.process_allgather(x, tiled=True), tree)

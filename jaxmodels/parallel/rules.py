@@ -11,7 +11,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxmodels.parallel.mesh import BATCH_AXES
+
 Rule = tuple[str, P]
+
+# Logical axis names (which models give their params and activations) -> mesh axes. FSDP
+# splits the embedding dimension of every matrix, tensor parallelism ('model') the heads,
+# the MLP and the vocabulary; the batch goes over the batch axes.
+LOGICAL_AXIS_RULES = (
+    ('batch', BATCH_AXES),
+    ('length', None),
+    ('embed', 'fsdp'),
+    ('heads', 'model'),
+    ('kv', None),
+    ('mlp', 'model'),
+    ('vocab', 'model'),
+    ('layers', None),
+)
 
 
 def leaf_path(path) -> str:
@@ -50,12 +66,13 @@ def sharding_rules(tree, mesh: Mesh, rules: Sequence[Rule] = (), *,
       lambda path, leaf: NamedSharding(mesh, spec_for(path, leaf)), tree)
 
 
-def logical_rules(module: nn.Module, example_inputs, axis_rules) -> list[Rule]:
+def logical_rules(module: nn.Module, example_inputs,
+                  axis_rules=LOGICAL_AXIS_RULES) -> list[Rule]:
   """Sharding rules from the logical axis names a Linen module gives its params.
 
-  axis_rules: (logical name, mesh axis or None) pairs, e.g.
-  `models.LOGICAL_AXIS_RULES`. Each named param becomes a rule for its path, which
-  also matches the optimiser-state leaves that mirror it (mu, nu, momentum).
+  axis_rules: (logical name, mesh axis or None) pairs. Each named param becomes a
+  rule for its path, which also matches the optimiser-state leaves that mirror it
+  (mu, nu, momentum). A module without names gives no rules.
   """
   boxed = jax.eval_shape(
       lambda: module.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},

@@ -8,10 +8,17 @@ from jax.sharding import PartitionSpec as P
 from jaxmodels.parallel.mesh import BATCH_AXES, batch_sharding, replicated
 
 
-def jit_train_step(train_step: Callable, state_shardings, mesh: Mesh, *, donate: bool = True):
-  """`jax.jit` of a pure step with the state's shardings in and out, the batch split over
-  BATCH_AXES, and the old state donated. The compiler partitions everything else."""
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding(mesh)),
+def jit_train_step(train_step: Callable, state_shardings, mesh: Mesh, *,
+                   batch_shardings=None, donate: bool = True):
+  """`jax.jit` of a pure `step(state, batch) -> (state, metrics)` with the state's shardings
+  in and out, replicated metrics, and the old state donated. The compiler partitions
+  everything else.
+
+  batch_shardings: a sharding (or pytree of them) for `batch`; by default its leading
+  dimension is split over the batch axes.
+  """
+  batch_shardings = batch_sharding(mesh) if batch_shardings is None else batch_shardings
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated(mesh)),
                  donate_argnums=(0,) if donate else ())
 

@@ -2,5 +2,6 @@
 from jaxmodels.report.plots import plot_confusion_matrix, plot_history, plot_predictions
 from jaxmodels.report.summary import format_summary, write_summary
 from jaxmodels.report.writers import (JsonlWriter, MultiWriter, TensorBoardWriter, create_writer,
-                                      read_logged_rows)
-from jaxmodels.report.throughput import PEAK_FLOPS, compiled_flops, peak_flops, utilisation
+                                      prepare_workdir, read_logged_rows)
+from jaxmodels.report.throughput import (PEAK_FLOPS, compiled_flops, peak_flops,
+                                         throughput_summary, utilisation)

@@ -49,3 +49,14 @@ def utilisation(flops_per_step: float | None, steps_per_sec: float) -> dict:
   peak = peak_flops(jax.devices()[0].device_kind)
   return {'flops_per_step': flops_per_step, 'tflops_per_sec': achieved / 1e12,
           'mfu': achieved / (peak * jax.device_count()) if peak else None}
+
+
+def throughput_summary(history, batch_size: int, tokens_per_example: int | None = None) -> dict:
+  """A run's examples/s (and tokens/s), compile and train seconds, and FLOPs / MFU of the
+  compiled step, from a `train.History`."""
+  out = {'examples_per_sec': history.examples_per_sec}
+  if tokens_per_example:
+    out['tokens_per_sec'] = history.examples_per_sec * tokens_per_example
+  out.update(utilisation(history.flops_per_step, history.examples_per_sec / batch_size))
+  out.update(compile_seconds=history.compile_seconds, train_seconds=history.train_seconds)
+  return out

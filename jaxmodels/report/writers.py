@@ -10,6 +10,8 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
+from jaxmodels.errors import ConfigError
+
 
 class JsonlWriter:
   """One JSON object per line: {"step": int, "time": unix seconds, name: value, ...}."""
@@ -56,10 +58,16 @@ class TensorBoardWriter:
 
 
 class MultiWriter:
-  """Fans every call out to several writers."""
+  """Fans every call out to several writers. As a context manager it closes them on exit."""
 
   def __init__(self, writers: Sequence):
     self.writers = list(writers)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def write_scalars(self, step, scalars):
     for w in self.writers:
@@ -76,6 +84,19 @@ class MultiWriter:
   def close(self):
     for w in self.writers:
       w.close()
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates workdir; a ConfigError (one line, key 'workdir') if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'cannot write to workdir {workdir!r} ({e.strerror}): pick a writable '
+                      'directory', key='workdir') from None
 
 
 def create_writer(workdir: str, *, enabled: bool = True) -> MultiWriter:

@@ -66,17 +66,20 @@ def make_optimizer(name: str, learning_rate, *, weight_decay: float = 0.0,
   return tx
 
 
-def with_lr_multiplier(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`tx` followed by a scale whose value lives in the optimiser state (so it is checkpointed).
+def _scale_by_lr_multiplier(lr_multiplier):
+  return optax.scale(lr_multiplier)
 
-  `set_lr_multiplier` changes it, e.g. to halve the learning rate after a rollback.
-  """
-  return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+
+def with_lr_multiplier(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` followed by a scale whose value, 'lr_multiplier', lives in the optimiser state (so
+  it is checkpointed). `set_lr_multiplier` changes it, e.g. to lower the learning rate
+  after a rollback."""
+  return optax.chain(tx, optax.inject_hyperparams(_scale_by_lr_multiplier)(lr_multiplier=1.0))
 
 
 def lr_multiplier_value(opt_state) -> jax.Array:
-  """The multiplier of a `with_lr_multiplier` state, as an array (usable under jit)."""
-  return opt_state[-1].hyperparams['step_size']
+  """The multiplier in an optimiser state (found by name), 1.0 if it has none; works under jit."""
+  return jnp.asarray(optax.tree.get(opt_state, 'lr_multiplier', 1.0), jnp.float32)
 
 
 def lr_multiplier(opt_state) -> float:
@@ -85,18 +88,16 @@ def lr_multiplier(opt_state) -> float:
 
 def set_lr_multiplier(opt_state, value: float):
   """The optimiser state of a `with_lr_multiplier` transformation, with the multiplier set."""
-  last = opt_state[-1]
-  hyperparams = {**last.hyperparams, 'step_size': jnp.asarray(value, jnp.float32)}
-  return opt_state[:-1] + (last._replace(hyperparams=hyperparams),)
+  return optax.tree.set(opt_state, lr_multiplier=jnp.asarray(value, jnp.float32))
 
 
-def optimizer_from_config(config, total_steps: int):
-  """(tx, schedule) from a config with name, learning_rate, schedule, warmup_steps,
-  weight_decay, momentum, clip_norm. tx carries an LR multiplier (`with_lr_multiplier`)."""
+def optimizer_from_config(config, total_steps: int, warmup_steps: int = 0):
+  """(tx, schedule) from a config with name, learning_rate, schedule, weight_decay, momentum and
+  clip_norm. tx carries an LR multiplier (`with_lr_multiplier`)."""
   if not config.learning_rate > 0:
-    raise ConfigError(f'optimizer.learning_rate must be > 0, got {config.learning_rate}')
-  schedule = make_schedule(config.schedule, config.learning_rate, total_steps,
-                           config.get('warmup_steps', 0))
+    raise ConfigError(f'optimizer.learning_rate must be > 0, got {config.learning_rate}',
+                      key='optimizer.learning_rate')
+  schedule = make_schedule(config.schedule, config.learning_rate, total_steps, warmup_steps)
   tx = make_optimizer(config.name, schedule, weight_decay=config.get('weight_decay', 0.0),
                       momentum=config.get('momentum', 0.9), clip_norm=config.get('clip_norm'))
   return with_lr_multiplier(tx), schedule

@@ -31,7 +31,11 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   """
   model = as_model(model)
   init_rng, state_rng = jax.random.split(rng)
-  variables = dict(model.init(init_rng, example_inputs))
+  # XLA:CPU compiles the partitionable threefry of small rank-3/4 draws (conv and attention
+  # kernels) for seconds each; on CPU the classic one draws the initial params instead.
+  # Elsewhere the partitionable one lets sharded params be drawn shard by shard.
+  with jax.threefry_partitionable(jax.default_backend() != 'cpu'):
+    variables = dict(model.init(init_rng, example_inputs))
   params = variables.pop('params')
   return TrainState(
       step=jnp.zeros((), jnp.int32),

@@ -12,6 +12,7 @@ import optax
 
 from jaxmodels.train.guards import nonfinite_metric
 from jaxmodels.train.metrics import Mean
+from jaxmodels.train.optim import lr_multiplier_value
 from jaxmodels.train.state import TrainState, step_rngs
 
 
@@ -46,7 +47,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
   metrics_fn(outputs, batch, losses, weights) -> dict of mergeable metrics.
   The step also reports 'loss', 'grad_norm', 'param_norm', 'nonfinite' (the
   fraction of steps with a NaN/inf loss or gradient) and, with
-  learning_rate_fn, 'learning_rate' (each a `Mean`, so steps merge by addition).
+  learning_rate_fn, 'learning_rate' (the schedule times the optimiser state's
+  'lr_multiplier', if any). Each is a `Mean`, so steps merge by addition.
 
   micro_batches: accumulate gradients over this many slices of the batch (a
     `lax.scan`), then update once; the update equals one step on the whole
@@ -114,8 +116,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
     metrics['grad_norm'] = Mean.of(grad_norm)
     metrics['param_norm'] = Mean.of(optax.tree.norm(params))
     metrics['nonfinite'] = nonfinite_metric(metrics['loss'].total, grad_norm)
-    if learning_rate_fn is not None:
-      metrics['learning_rate'] = Mean.of(learning_rate_fn(state.step))
+    if learning_rate_fn is not None:  # The rate in effect: the schedule times any multiplier.
+      metrics['learning_rate'] = Mean.of(learning_rate_fn(state.step) *
+                                         lr_multiplier_value(state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=model_state)
     return new_state, metrics

@@ -1,0 +1,229 @@
+"""One run, for every task: validate -> mesh -> data -> durations -> optimiser ->
+restore-or-create -> step -> fit -> test -> report. A task (`spec.Task`) supplies only
+its data, model arguments, loss, metrics and report; everything here is shared."""
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels import data as data_lib
+from jaxmodels import parallel, report
+from jaxmodels import train as train_lib
+from jaxmodels.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
+from jaxmodels.errors import CheckpointError, ConfigError
+from jaxmodels.schema import Schema
+from jaxmodels.tasks.run_config import RUN_SCHEMA
+from jaxmodels.tasks.spec import RunContext, Task
+
+
+def schema_of(task: Task) -> Schema:
+  return (RUN_SCHEMA + task.schema).with_defaults(task.defaults)
+
+
+def default_config(task: Task):
+  return schema_of(task).default_config()
+
+
+def validate(task: Task, config) -> None:
+  """ConfigError (one line, naming the key) for the first value that cannot work."""
+  schema_of(task).validate(config)
+  if config.model.name not in task.model_names:
+    raise ConfigError(f'model.name must be one of {", ".join(task.model_names)} for '
+                      f'{task.name}, got {config.model.name!r}', key='model.name')
+  if not (config.train.num_epochs or config.train.num_steps):
+    raise ConfigError('set train.num_epochs or train.num_steps to a positive number',
+                      key='train.num_epochs')
+  if config.train.batch_size % config.train.micro_batches:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} must be a multiple of '
+                      f'train.micro_batches={config.train.micro_batches}', key='train.batch_size')
+  if config.early_stopping.patience and not config.data.val_fraction:
+    raise ConfigError('early stopping needs a validation split: set data.val_fraction > 0',
+                      key='data.val_fraction')
+
+
+def steps_of(config, steps_per_epoch: int, name: str, default: int = 0) -> int:
+  """A duration in steps from '<name>_steps' or '<name>_epochs' of `config` (steps win)."""
+  steps, epochs = config.get(f'{name}_steps', 0), config.get(f'{name}_epochs', 0)
+  return int(steps) if steps else (round(epochs * steps_per_epoch) if epochs else default)
+
+
+def restore_or_create(module, model, tx, config, mesh, example, checkpointer):
+  """(state, meta): the newest checkpoint on this mesh, else a fresh sharded state (params
+  from config.init_from if set); meta is None for a fresh state. Models with logical axis
+  names (the Transformers) are sharded by them."""
+  init = lambda rng: train_lib.create_train_state(model, tx, rng, example)
+  rng = jax.random.PRNGKey(config.seed)
+  try:
+    abstract = jax.eval_shape(init, rng)
+  except Exception as e:  # E.g. too many pooling stages for the image size.
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+    raise ConfigError(f'cannot build the model for inputs of shape {tuple(example.shape)} '
+                      f'({type(e).__name__}: {detail}); check the model.* options',
+                      key='model.name') from e
+  rules = parallel.logical_rules(module, example)
+  shardings = parallel.sharding_rules(abstract, mesh, rules,
+                                      fsdp_min_size=config.parallel.fsdp_min_size)
+  with_shardings = lambda tree, shards: jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
+  if checkpointer.steps:
+    restored = checkpointer.restore(with_shardings(abstract, shardings))
+    if restored is not None:
+      return restored
+  state, _ = parallel.create_sharded_state(init, rng, mesh, rules,
+                                           fsdp_min_size=config.parallel.fsdp_min_size)
+  if config.init_from:
+    source = config.init_from
+    source = checkpoint_dir(source) if os.path.isdir(checkpoint_dir(source)) else source
+    if not os.path.isdir(source):
+      raise CheckpointError(f'init_from={config.init_from!r} is not a directory of checkpoints',
+                            key='init_from')
+    params = Checkpointer(source).restore_params(with_shardings(abstract.params, shardings.params))
+    state = state.replace(params=params)
+  return state, None
+
+
+def make_train_step(model, loss_fn, tx, metrics_fn, schedule, config, mesh):
+  """The pure train step, per parallel.strategy, train.micro_batches and nan.policy."""
+  kwargs = dict(micro_batches=config.train.micro_batches)
+  if config.parallel.strategy == 'shard_map':
+    if mesh.shape['fsdp'] > 1 or mesh.shape['model'] > 1:
+      raise ConfigError("parallel.strategy='shard_map' replicates params: set parallel.mesh.fsdp"
+                        ' and parallel.mesh.model to 1, or use strategy jit',
+                        key='parallel.strategy')
+    step = parallel.per_device_step(train_lib.make_train_step(
+        model.apply, loss_fn, tx, metrics_fn, schedule, axis_name=parallel.batch_axes(mesh),
+        **kwargs), mesh)
+  else:
+    step = train_lib.make_train_step(model.apply, loss_fn, tx, metrics_fn, schedule, **kwargs)
+  return train_lib.skip_nonfinite(step) if config.nan.policy == 'skip' else step
+
+
+def run(task: Task, config, workdir: str) -> dict:
+  """Trains, evaluates the test split once at the end, and writes logs, plots and the summary
+  to workdir. Returns the summary. Runs again in the same workdir resume."""
+  start = time.perf_counter()
+  validate(task, config)
+  parallel.assert_same_config(config)
+  report.prepare_workdir(workdir)
+  mesh = parallel.make_mesh(config.parallel.mesh.to_dict())
+  data = task.load_data(config).limited(config)
+  module = task.build_model(config, data)
+  model = train_lib.linen_model(module)
+  ctx = RunContext(config, workdir, data, module, model, None, mesh, parallel.is_main_process())
+  place = lambda split: data_lib.shard_examples(
+      mesh, parallel.batch_axes(mesh), {'inputs': split[0], 'labels': split[1]},
+      global_arrays=True)
+  train_split = place(data.train)
+  val_split = place(data.val) if data.val is not None else None
+  if data.description:
+    ctx.say(data.description)
+  ctx.say(f'data {data.source}: {len(data.train[0])} train / '
+          f'{len(data.val[0]) if data.val is not None else 0} validation / {len(data.test[0])} '
+          f'test examples; mesh {dict(mesh.shape)}')
+  train_cfg = config.train
+  try:
+    steps_per_epoch = train_split.steps_per_epoch(train_cfg.batch_size)
+  except data_lib.DataError as e:
+    raise ConfigError(str(e), key='train.batch_size') from None
+  if steps_per_epoch == 0:
+    raise ConfigError(f'train.batch_size={train_cfg.batch_size} is larger than the '
+                      f'{train_split.num_examples} training examples', key='train.batch_size')
+  total_steps = steps_of(train_cfg, steps_per_epoch, 'num')
+  tx, schedule = train_lib.optimizer_from_config(
+      config.optimizer, total_steps, steps_of(config.optimizer, steps_per_epoch, 'warmup'))
+
+  train_pre, eval_pre = task.preprocess(config, data)
+  ctx.eval_preprocess = eval_pre or (lambda batch: batch)
+  example = ctx.eval_preprocess({'inputs': jnp.asarray(data.train[0][:1])})['inputs']
+  cfg = config.checkpoint
+  checkpointer = Checkpointer(
+      checkpoint_dir(workdir), config=config.to_dict(), resumable=schema_of(task).resumable,
+      save_every_steps=cfg.every_steps or steps_per_epoch,
+      save_every_seconds=cfg.every_minutes * 60, keep_last=cfg.keep_last,
+      keep_best=cfg.keep_best if val_split else 0, best_metric=cfg.best_metric,
+      best_mode=cfg.best_mode, async_save=cfg.async_save, resume=config.resume)
+  # Models with logical axis names (the Transformers) get their sharding from them.
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_AXIS_RULES):
+    try:
+      state, meta = restore_or_create(module, model, tx, config, mesh, example, checkpointer)
+      metrics_fn = task.metrics(data, False)
+      train_step = make_train_step(model, task.loss(config), tx, metrics_fn, schedule, config,
+                                   mesh)
+      if train_pre is not None:
+        train_step = train_lib.with_preprocess(train_step, train_pre)
+      base_eval = train_lib.make_eval_step(model.apply, task.loss(config), metrics_fn)
+      eval_step = lambda state, batch: base_eval(state, ctx.eval_preprocess(batch))
+      with report.create_writer(workdir, enabled=ctx.is_main) as ctx.writer:
+        state, history, stopped = _fit(task, ctx, state, meta, train_step, eval_step,
+                                       train_split, val_split, total_steps, checkpointer)
+        test_eval = train_lib.make_eval_step(model.apply, task.loss(config),
+                                             task.metrics(data, True))
+        test = train_lib.summarize(train_lib.Evaluator(
+            lambda state, batch: test_eval(state, ctx.eval_preprocess(batch)), place(data.test),
+            train_cfg.eval_batch_size)(state))
+        ctx.state, ctx.history = state, history
+        extra = task.report(ctx, test)
+        ctx.writer.write_scalars(int(state.step), {f'test/{k}': v for k, v in test.items()
+                                                  if np.ndim(v) == 0})
+    finally:
+      checkpointer.close()
+  summary = {
+      'task': task.name, 'dataset': data.dataset, 'data_source': data.source,
+      'examples': {'train': len(data.train[0]), 'validation': len(data.val[0]) if data.val
+                   is not None else 0, 'test': len(data.test[0])},
+      'model': config.model.name,
+      'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'processes': jax.process_count(), 'mesh': dict(mesh.shape),
+      'steps': int(state.step), 'epochs': round(int(state.step) / steps_per_epoch, 3),
+      'resumed': meta is not None, 'stopped_early': stopped,
+      'validation': history.eval[-1] if history.eval else None,
+      'test': {**{k: v for k, v in test.items() if np.ndim(v) == 0}, **extra.pop('test', {})},
+      **report.throughput_summary(history, train_cfg.batch_size, data.tokens_per_example),
+      'wall_seconds': time.perf_counter() - start, **extra}
+  if ctx.is_main:
+    report.plot_history(history, os.path.join(workdir, 'training_curves.png'))
+    print(report.write_summary(workdir, summary), flush=True)
+  return summary
+
+
+def _fit(task, ctx, state, meta, train_step, eval_step, train_split, val_split, total_steps,
+         checkpointer):
+  """(state, history, stopped early): fit with this run's callbacks and NaN policy; a run that
+  stopped early before is not trained on, and ends at its best checkpoint."""
+  config, train_cfg = ctx.config, ctx.config.train
+  earlier = report.read_logged_rows(ctx.workdir, int(state.step)) if meta else ([], [])
+  stopped = bool(meta and meta.get('stopped_early'))
+  callbacks = [train_lib.TerminateOnNaN(), Checkpoint(checkpointer),
+               train_lib.LogWriter(ctx.writer, ctx.data.tokens_per_example), *task.callbacks(ctx)]
+  if val_split is not None:
+    callbacks.append(train_lib.Evaluate(eval_step, val_split, every_steps=train_cfg.eval_every_steps,
+                                        batch_size=train_cfg.eval_batch_size))
+  if config.early_stopping.patience:
+    callbacks.append(train_lib.EarlyStopping(
+        config.checkpoint.best_metric, config.checkpoint.best_mode,
+        config.early_stopping.patience, config.early_stopping.min_delta, restore_best=False))
+  fit = lambda state: train_lib.fit(
+      state, train_step, train_split, batch_size=train_cfg.batch_size,
+      num_steps=int(state.step) if stopped else total_steps, callbacks=callbacks, mesh=ctx.mesh,
+      data_rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
+      steps_per_dispatch=train_cfg.steps_per_dispatch, log_every_steps=train_cfg.log_every_steps,
+      progress=train_cfg.progress)
+  if config.nan.policy == 'rollback':
+    state, history = train_lib.fit_with_rollback(
+        fit, state, checkpointer, lr_factor=config.nan.lr_factor,
+        max_rollbacks=config.nan.max_rollbacks, announce=ctx.say)
+  else:
+    state, history = fit(state)
+  history.train[:0], history.eval[:0] = earlier  # The curves show the whole run.
+  stopped = stopped or any(cb.stop_training for cb in callbacks)
+  if stopped and checkpointer.best_step() is not None:
+    checkpointer.wait()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state)
+    state = checkpointer.restore(abstract, checkpointer.best_step())[0]
+    ctx.say(f'stopped early; the result is the best checkpoint, step {int(state.step)}')
+  return state, history, stopped

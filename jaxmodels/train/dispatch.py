@@ -1,0 +1,101 @@
+"""Runs k train steps per dispatch over device-resident data: one compiled program per
+distinct k, built through `parallel.jit_train_step` (the state's shardings in and out,
+the state donated), ahead of time so that compile time stays out of throughput."""
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxmodels import parallel
+from jaxmodels.data.batching import ShardedExamples, epoch_batch_indices, take_batch
+from jaxmodels.errors import InputError
+from jaxmodels.report.throughput import compiled_flops
+from jaxmodels.train.metrics import merge
+
+
+class StepRunner:
+  """`run(state, epoch, position, k)` takes train steps position..position+k-1 of `epoch`.
+
+  The batches of an epoch come from `epoch_batch_indices(data_rng, epoch, ...)`,
+  so a position names its batch exactly and a resumed run sees the same data.
+  """
+
+  def __init__(self, train_step: Callable, state, data: ShardedExamples, batch_size: int,
+               data_rng: jax.Array):
+    self._train_step, self._data = train_step, data
+    mesh = data.mesh
+    self._epoch_indices = jax.jit(
+        lambda rng, epoch: epoch_batch_indices(rng, epoch, data, batch_size))
+    self._rng, self._epoch, self._indices = data_rng, None, None
+    indices = self._indices_for(0)
+    check_batch_fits(train_step, state, take_batch(data.arrays, indices[0], mesh, data.axes))
+    self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    self._data_shardings = (jax.tree.map(lambda x: x.sharding, data.arrays), indices.sharding,
+                            NamedSharding(mesh, P()))
+    # Shapes only: the live state's buffers are donated by the first dispatch.
+    self._shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                (state, (data.arrays, indices, jnp.zeros((), jnp.int32))))
+    self._compiled, self.compile_seconds, self.flops_per_step = {}, 0.0, None
+
+  def _indices_for(self, epoch: int):
+    if epoch != self._epoch:
+      self._epoch, self._indices = epoch, self._epoch_indices(self._rng, epoch)
+    return self._indices
+
+  def _steps(self, state, data, *, num_steps):
+    arrays, indices, offset = data
+    indices = jax.lax.dynamic_slice_in_dim(indices, offset, num_steps)
+    one_step = lambda state, index: self._train_step(
+        state, take_batch(arrays, index, self._data.mesh, self._data.axes))
+
+    def accumulate(carry, index):
+      state, metrics = carry
+      state, step_metrics = one_step(state, index)
+      return (state, merge(metrics, step_metrics)), None
+
+    # The first step gives the metrics' structure; the scan runs the rest. XLA:CPU runs
+    # convolution gradients several times slower inside a while loop, so on CPU the scan
+    # is unrolled into straight-line code; elsewhere it stays a loop (faster compiles).
+    unroll = True if jax.default_backend() == 'cpu' else 1
+    (state, metrics), _ = jax.lax.scan(accumulate, one_step(state, indices[0]), indices[1:],
+                                       unroll=unroll)
+    return state, metrics
+
+  def _program(self, num_steps: int):
+    if num_steps not in self._compiled:
+      start = time.perf_counter()
+      jitted = parallel.jit_train_step(functools.partial(self._steps, num_steps=num_steps),
+                                       self._state_shardings, self._data.mesh,
+                                       batch_shardings=self._data_shardings)
+      self._compiled[num_steps] = jitted.lower(*self._shapes).compile()
+      self.compile_seconds += time.perf_counter() - start
+      flops = compiled_flops(self._compiled[num_steps])
+      if flops and self.flops_per_step is None:  # Per device -> every device, per step.
+        self.flops_per_step = flops * self._data.mesh.size / num_steps
+    return self._compiled[num_steps]
+
+  @property
+  def dispatch_sizes(self) -> tuple[int, ...]:
+    return tuple(sorted(self._compiled))
+
+  def run(self, state, epoch: int, position: int, num_steps: int):
+    """(state, merged metrics) after `num_steps` steps from `position` of `epoch`."""
+    indices = self._indices_for(epoch)
+    return self._program(num_steps)(
+        state, (self._data.arrays, indices, jnp.asarray(position, jnp.int32)))
+
+
+def check_batch_fits(train_step: Callable, state, batch) -> None:
+  """Traces one step abstractly, so a batch the model cannot take fails here in one line."""
+  try:
+    jax.eval_shape(train_step, state, batch)
+  except Exception as e:  # Flax and JAX raise many types for shape mismatches.
+    describe = ', '.join(f'{k} {tuple(v.shape)} {v.dtype}' for k, v in batch.items()
+                         if k != 'mask')
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise InputError(f'the train step rejects a batch of {describe}: {type(e).__name__}: '
+                     f'{first_line[:300]}') from e
