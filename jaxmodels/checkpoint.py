@@ -134,8 +134,7 @@ class Checkpointer:
     self._manager.close()
 
   def _check_shapes(self, step, abstract_state):
-    saved = self._manager.item_metadata(step)['state']
-    saved = getattr(saved, 'tree', saved)
+    saved = self.saved_shapes(step)
     # Orbax stores dataclasses and tuples as dicts and lists: compare by path string.
     name_of = lambda path: jax.tree_util.keystr(path, simple=True, separator='/')
     flat_saved = {name_of(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
@@ -214,35 +213,53 @@ class Checkpointer:
 
   def restore_params(self, abstract_params, step: int | None = None):
     """Only the params of a checkpoint (fine-tuning: `init_from`), onto the current shardings."""
+    return self.restore_parts({'params': abstract_params}, step)['params']
+
+  def restore_parts(self, abstract_parts: Mapping, step: int | None = None) -> dict:
+    """Some top-level parts of a checkpoint's state ({'params': ..., 'model_state': ...} as
+    ShapeDtypeStructs with shardings), read alone: nothing else is loaded."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f'no checkpoint in {self.directory} to initialise from')
-    self._check_shapes(step, {'params': abstract_params})
-    # A read-only PyTree view of the same files: it can restore just the 'params' subtree.
+      raise CheckpointError(f'no checkpoint in {self.directory} to read', key='init_from')
+    self._check_shapes(step, abstract_parts)
+    # A read-only PyTree view of the same files: it can restore a subtree of 'state'.
     reader = ocp.CheckpointManager(self.directory,
                                    options=ocp.CheckpointManagerOptions(
                                        read_only=True, save_interval_steps=0, create=False),
                                    item_handlers={'state': ocp.PyTreeCheckpointHandler()})
-    target = {'params': abstract_params}
+    target = {k: v for k, v in abstract_parts.items() if jax.tree.leaves(v)}
     args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, partial_restore=True,
         restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-    return reader.restore(step, args=args)['state']['params']
+    restored = reader.restore(step, args=args)['state']
+    return {k: restored.get(k, v) for k, v in abstract_parts.items()}
+
+  def saved_shapes(self, step: int) -> dict:
+    """The saved state's tree of array metadata (shape, dtype) at `step`."""
+    saved = self._manager.item_metadata(step)['state']
+    return getattr(saved, 'tree', saved)
+
+
+def read_variables(directory: str, step: int | None = None) -> dict:
+  """{'params': ..., **model_state} of a checkpoint as host numpy arrays, whatever model or
+  mesh wrote them: the variables `module.apply` takes (for export, serving, inspection)."""
+  checkpointer = Checkpointer(directory)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'no checkpoint in {directory}', key='workdir')
+  saved = checkpointer.saved_shapes(step)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                          {'params': saved['params'], 'model_state': saved.get('model_state', {})},
+                          is_leaf=lambda x: hasattr(x, 'shape'))
+  parts = jax.device_get(checkpointer.restore_parts(abstract, step))
+  return {'params': parts['params'], **parts['model_state']}
 
 
 def read_params(directory: str, step: int | None = None):
   """The params of a checkpoint as host numpy arrays, whatever model or mesh wrote them
   (for inspection, export and tests)."""
-  checkpointer = Checkpointer(directory)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f'no checkpoint in {directory}')
-  saved = checkpointer._manager.item_metadata(step)['state']
-  params = getattr(saved, 'tree', saved)['params']
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-                          params, is_leaf=lambda x: hasattr(x, 'shape'))
-  return jax.device_get(checkpointer.restore_params(abstract, step))
+  return read_variables(directory, step)['params']
 
 
 def restore_or_init(checkpointer: Checkpointer | None, init_fn: Callable, rng: jax.Array,

@@ -87,3 +87,26 @@ def test_generate_refuses_to_run_past_the_cache():
   prompt = jnp.zeros((1, 20), jnp.int32)
   with pytest.raises(ValueError, match='exceeds max_length 24'):
     generate(model, _params(model, prompt), prompt, jax.random.PRNGKey(0), max_new_tokens=8)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_explicit_attention_equals_the_fused_path_and_sows_its_weights(scan_layers):
+  """The explicit softmax path (for attention maps) gives the fused path's outputs, causal
+  and rotary (GPT) and with a padding mask (the BERT-style encoder)."""
+  from jaxmodels.models import TransformerClassifier
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 1, 64)
+  tokens = tokens.at[1, 8:].set(0)  # Padding in the second example.
+  for model in (GPT(**SMALL, scan_layers=scan_layers),
+                TransformerClassifier(vocab_size=64, num_classes=3, num_layers=2, num_heads=2,
+                                      embed_dim=32, mlp_dim=64, max_length=12, dropout=0.0,
+                                      scan_layers=scan_layers)):
+    params = _params(model, tokens)
+    fused = jax.jit(model.apply)({'params': params}, tokens)
+    explicit_model = model.clone(attention='explicit')
+    explicit, sown = jax.jit(lambda p, t, m=explicit_model: m.apply(
+        {'params': p}, t, mutable=['intermediates']))(params, tokens)
+    np.testing.assert_allclose(explicit, fused, atol=1e-5, rtol=1e-5)
+    weights = jax.tree.leaves(sown['intermediates'])
+    assert len(weights) == (1 if scan_layers else 2)  # Scanned layers stack on axis 0.
+    per_layer = weights[0].reshape(-1, 2, 2, 12, 12)  # (layers, B, H, T, S)
+    np.testing.assert_allclose(per_layer.sum(-1), 1.0, atol=1e-5)  # Rows are distributions.

@@ -12,6 +12,7 @@ import jaxmodels as jm
 from jaxmodels import parallel, report
 from jaxmodels.checkpoint import Checkpointer
 from jaxmodels.tasks import image_classification, language_model, runner, text_classification
+from jaxmodels.tasks.trained import TrainedRun
 
 QUICK = dict(batch_size=16, log_every_steps=2, eval_batch_size=64, steps_per_dispatch=1,
              progress=False)
@@ -52,8 +53,22 @@ def test_model_selection_sees_validation_examples_and_test_is_reported_once(
   # test split (class 9 only, never trained on).
   assert summary['validation']['accuracy'] > 0.9 and summary['test']['accuracy'] == 0.0
   rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  assert [r['step'] for r in rows if 'test/accuracy' in r] == [60]  # Once, at the end.
+  assert [r['step'] for r in rows if 'test/accuracy' in r] == [summary['steps']]  # Once.
   assert all(r['eval/accuracy'] > 0 for r in rows if 'eval/accuracy' in r)
+
+
+def test_a_finished_run_is_rebuilt_from_its_workdir(separable_images, tmp_path):
+  """model.json and the checkpoints give back the model: on the validation images its
+  predictions are the run's (accuracy as reported), from raw uint8 pixels."""
+  config = _image_config(separable_images, num_steps=30, eval_every_steps=30)
+  summary = runner.run(image_classification.TASK, config, str(tmp_path))
+  run = TrainedRun.load(str(tmp_path))
+  assert run.card['step'] == 30 and run.class_names == [str(i) for i in range(10)]
+  assert run.card['inputs']['kind'] == 'image' and run.card['inputs']['shape'] == [4, 4, 1]
+  data = image_classification.TASK.load_data(config).limited(config)
+  logits = run.apply(run.model_inputs(data.val[0]))
+  accuracy = float(np.mean(np.argmax(logits, -1) == data.val[1]))
+  assert accuracy == pytest.approx(summary['validation']['accuracy'], abs=1e-6)
 
 
 def test_history_is_kept_across_a_resume_for_every_task(tmp_path, monkeypatch, mock_tfds):

@@ -29,6 +29,7 @@ from jaxmodels.data.local import find_local_dir
 from jaxmodels.data.local import load_local
 from jaxmodels.data.preprocess import channel_stats
 from jaxmodels.data.preprocess import normalize
+from jaxmodels.data.preprocess import to_model_inputs
 from jaxmodels.data.preprocess import validate_images_labels
 from jaxmodels.data.sources import load_dataset
 from jaxmodels.data.tfds_source import load_tfds

@@ -97,3 +97,13 @@ def normalize(images, mean, std) -> jnp.ndarray:
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return (x - mean) / std
+
+
+def to_model_inputs(spec: dict, inputs):
+  """Inputs as stored (or as a user sends them) -> what the model takes, by an input spec
+  (a task's `inputs`, recorded in model.json): 'image' pixels in 0..255 are normalised
+  with the spec's per-channel mean and std; token ids pass through. Works under jit."""
+  if spec.get('kind') == 'image':
+    return normalize(inputs, np.asarray(spec['mean'], np.float32), np.asarray(spec['std'],
+                                                                              np.float32))
+  return jnp.asarray(inputs)

@@ -164,6 +164,18 @@ class WordVocabulary:
     words = [w for w, c in counts.most_common(max_size - 3) if c >= min_count]
     self.index = {w: i + 3 for i, w in enumerate(words)}
 
+  @classmethod
+  def from_words(cls, words) -> 'WordVocabulary':
+    """The vocabulary whose `words` these are (ids 3, 4, ... in this order)."""
+    vocab = cls([])
+    vocab.index = {w: i + 3 for i, w in enumerate(words)}
+    return vocab
+
+  @property
+  def words(self) -> list[str]:
+    """The known words in id order (ids 3, 4, ...): enough to rebuild the vocabulary."""
+    return sorted(self.index, key=self.index.get)
+
   @property
   def size(self) -> int:
     return len(self.index) + 3

@@ -54,17 +54,21 @@ class AttentionOptions(nn.Module):
 
   causal: each position sees only itself and the past. use_rotary: rotary positions
   in every layer. decode: keep a key/value cache of `max_length` positions.
+  attention: 'fused' (`jax.nn.dot_product_attention`: fused kernels where the backend has
+  them) or 'explicit' (the softmax written out, its weights (B, H, T, S) sown as
+  'intermediates'/'attention_weights' for attention maps; the same outputs).
   """
   num_heads: int = 4
   causal: bool = False
   use_rotary: bool = True
   decode: bool = False
   max_length: int = 2048
+  attention: str = 'fused'
   dtype: Dtype = jnp.float32
 
   def attention_options(self) -> dict:
     return {name: getattr(self, name) for name in
-            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'dtype')}
+            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'attention', 'dtype')}
 
 
 class MultiHeadAttention(AttentionOptions):
@@ -90,10 +94,26 @@ class MultiHeadAttention(AttentionOptions):
     if self.decode:
       k, v, mask = self._update_cache(k, v, positions)
       causal = False  # The cache mask already hides the future.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    if self.attention == 'explicit':
+      out = self._explicit_attention(q, k, v, mask, causal)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     return Projection((self.num_heads, self.head_dim, embed), ('heads', 'kv', 'embed'),
                       'bthd,hde->bte', (0, 1), self.dtype, name='out')(out)
+
+  def _explicit_attention(self, q, k, v, mask, causal):
+    """softmax(q k^T / sqrt(D) masked) v, as `jax.nn.dot_product_attention` computes it, with
+    the weights (B, H, T, S) sown for attention maps."""
+    logits = jnp.einsum('bthd,bshd->bhts', q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    if causal:
+      causal_mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+      mask = causal_mask if mask is None else mask & causal_mask
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    self.sow('intermediates', 'attention_weights', weights)
+    return jnp.einsum('bhts,bshd->bthd', weights.astype(v.dtype), v)
 
   def _update_cache(self, k, v, positions):
     """Writes the new keys/values at `positions`; returns the whole cache and its mask."""
@@ -172,7 +192,7 @@ class Encoder(BlockOptions):
     if self.remat:  # `train` (argument 4, counting self) picks the code path: static.
       block = nn.remat(block, static_argnums=(4,), prevent_cse=not self.scan)
     if self.scan:
-      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                       split_rngs={'params': True, 'dropout': True}, length=self.num_layers,
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                       metadata_params={nn.PARTITION_NAME: 'layers'})
@@ -200,11 +220,13 @@ class TransformerOptions(nn.Module):
   dropout: float = 0.1
   scan_layers: bool = False
   remat: bool = False
+  attention: str = 'fused'  # 'explicit' sows the attention weights (see AttentionOptions).
   dtype: Dtype = jnp.float32
 
   def encoder(self, *, causal: bool, use_rotary: bool, decode: bool = False,
               max_length: int = 2048, name: str = 'encoder') -> Encoder:
     return Encoder(num_heads=self.num_heads, causal=causal, use_rotary=use_rotary, decode=decode,
-                   max_length=max_length, dtype=self.dtype, mlp_dim=self.mlp_dim,
+                   max_length=max_length, attention=self.attention, dtype=self.dtype,
+                   mlp_dim=self.mlp_dim,
                    dropout=self.dropout, num_layers=self.num_layers, scan=self.scan_layers,
                    remat=self.remat, name=name)

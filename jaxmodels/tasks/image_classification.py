@@ -3,7 +3,6 @@ normalisation -> a CNN, ResNet or ViT -> test metrics, classification report, co
 matrix and a grid of predictions. `experiments/{mnist,fashion_mnist,cifar10}.py` run it."""
 import os
 
-import jax.numpy as jnp
 
 from jaxmodels import data as data_lib
 from jaxmodels import report
@@ -51,14 +50,11 @@ def load_data(config) -> TaskData:
                   info={'class_names': dataset.class_names}, description=note)
 
 
-def preprocess(config, data: TaskData):
-  """(augment then normalise, normalise): pixels in 0..255 (zero fill is black) -> z-scores."""
-  mean, std = (jnp.asarray(x) for x in data_lib.channel_stats(data.train[0]))
-  augment = data_lib.make_augment(**config.augment.to_dict())
-  normalize = lambda batch: {**batch, 'inputs': data_lib.normalize(batch['inputs'], mean, std)}
-  train = lambda rng, batch: normalize({**batch, 'inputs': augment(
-      rng, batch['inputs'].astype(jnp.float32))})
-  return train, normalize
+def inputs(config, data: TaskData) -> dict:
+  """Images as the model takes them: this shape, pixels in 0..255 normalised by these stats."""
+  mean, std = data_lib.channel_stats(data.train[0])
+  return {'kind': 'image', 'shape': list(data.train[0].shape[1:]), 'mean': mean.tolist(),
+          'std': std.tolist()}
 
 
 def report_predictions(ctx, test: dict) -> dict:
@@ -75,6 +71,8 @@ MODELS = ('mlp', 'small_cnn', 'three_conv_cnn', 'cifar10_cnn', 'convnet', 'resne
 TASK = Task('image_classification', SCHEMA, MODELS, load_data,
             model_kwargs=lambda config, data: {'num_classes': len(data.info['class_names'])},
             loss=classification.loss, metrics=classification.metrics, report=report_predictions,
-            preprocess=preprocess, defaults={'model.name': 'small_cnn', 'train.num_epochs': 10.0,
-                                             'optimizer.warmup_epochs': 1.0})
+            inputs=inputs,
+            augment=lambda config: data_lib.make_augment(**config.augment.to_dict()),
+            defaults={'model.name': 'small_cnn', 'train.num_epochs': 10.0,
+                      'optimizer.warmup_epochs': 1.0})
 

@@ -1,6 +1,8 @@
 """The config fields every run has, whatever its task: each with its default, its check, its
-help and whether it may change when a run resumes. Tasks add their own (data.name, ...)."""
+help and whether it may change when a run resumes. Tasks add their own (data.name, ...), and
+so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
+from jaxmodels.tasks.init_from import InitFrom
 from jaxmodels.train.guards import NAN_POLICIES
 from jaxmodels.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -85,11 +87,12 @@ RUN_SCHEMA = Schema({
     'resume': _resumable('auto', "'auto': continue from the workdir's checkpoints if the config "
                          "matches; 'force': continue even if it does not.",
                          **one_of('auto', 'force')),
-    'init_from': _resumable('', "A workdir (or its checkpoints/) whose params start this run "
-                            '(fine-tuning).'),
     'nan.policy': _resumable('stop', "On a NaN/inf loss: 'stop' (exit code 3), 'skip' the "
                              "update, or 'rollback' to the last checkpoint with a lower rate.",
                              **one_of(*NAN_POLICIES)),
     'nan.max_rollbacks': _resumable(3, 'Give up after this many rollbacks.', **NOT_NEGATIVE),
     'nan.lr_factor': _resumable(0.5, 'Learning-rate multiplier per rollback.', **share()),
 })
+
+# The extensions every run applies, in order (see spec.Extension).
+EXTENSIONS = (InitFrom(),)

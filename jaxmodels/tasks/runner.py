@@ -13,14 +13,20 @@ from jaxmodels import data as data_lib
 from jaxmodels import parallel, report
 from jaxmodels import train as train_lib
 from jaxmodels.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
-from jaxmodels.errors import CheckpointError, ConfigError
+from jaxmodels.errors import ConfigError
 from jaxmodels.schema import Schema
-from jaxmodels.tasks.run_config import RUN_SCHEMA
-from jaxmodels.tasks.spec import RunContext, Task
+from jaxmodels.tasks.run_config import EXTENSIONS, RUN_SCHEMA
+from jaxmodels.tasks.spec import RunContext, Task, build_module
+from jaxmodels.tasks.trained import write_card
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def schema_of(task: Task) -> Schema:
-  return (RUN_SCHEMA + task.schema).with_defaults(task.defaults)
+  schema = RUN_SCHEMA
+  for extension in EXTENSIONS:
+    schema = schema + extension.schema
+  return (schema + task.schema).with_defaults(task.defaults)
 
 
 def default_config(task: Task):
@@ -51,9 +57,9 @@ def steps_of(config, steps_per_epoch: int, name: str, default: int = 0) -> int:
 
 
 def restore_or_create(module, model, tx, config, mesh, example, checkpointer):
-  """(state, meta): the newest checkpoint on this mesh, else a fresh sharded state (params
-  from config.init_from if set); meta is None for a fresh state. Models with logical axis
-  names (the Transformers) are sharded by them."""
+  """(state, meta): the newest checkpoint on this mesh, else a fresh sharded state that each
+  extension may change (init_from, ...); meta is None for a fresh state. Models with logical
+  axis names (the Transformers) are sharded by them."""
   init = lambda rng: train_lib.create_train_state(model, tx, rng, example)
   rng = jax.random.PRNGKey(config.seed)
   try:
@@ -64,24 +70,17 @@ def restore_or_create(module, model, tx, config, mesh, example, checkpointer):
                       f'({type(e).__name__}: {detail}); check the model.* options',
                       key='model.name') from e
   rules = parallel.logical_rules(module, example)
-  shardings = parallel.sharding_rules(abstract, mesh, rules,
-                                      fsdp_min_size=config.parallel.fsdp_min_size)
-  with_shardings = lambda tree, shards: jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
   if checkpointer.steps:
-    restored = checkpointer.restore(with_shardings(abstract, shardings))
+    shardings = parallel.sharding_rules(abstract, mesh, rules,
+                                        fsdp_min_size=config.parallel.fsdp_min_size)
+    restored = checkpointer.restore(jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings))
     if restored is not None:
       return restored
   state, _ = parallel.create_sharded_state(init, rng, mesh, rules,
                                            fsdp_min_size=config.parallel.fsdp_min_size)
-  if config.init_from:
-    source = config.init_from
-    source = checkpoint_dir(source) if os.path.isdir(checkpoint_dir(source)) else source
-    if not os.path.isdir(source):
-      raise CheckpointError(f'init_from={config.init_from!r} is not a directory of checkpoints',
-                            key='init_from')
-    params = Checkpointer(source).restore_params(with_shardings(abstract.params, shardings.params))
-    state = state.replace(params=params)
+  for extension in EXTENSIONS:
+    state = extension.initialize(config, module, state)
   return state, None
 
 
@@ -110,7 +109,10 @@ def run(task: Task, config, workdir: str) -> dict:
   report.prepare_workdir(workdir)
   mesh = parallel.make_mesh(config.parallel.mesh.to_dict())
   data = task.load_data(config).limited(config)
-  module = task.build_model(config, data)
+  arguments = task.model_arguments(config, data)
+  module = build_module(config.model.name, arguments, COMPUTE_DTYPES[config.precision.compute_dtype])
+  for extension in EXTENSIONS:
+    module = extension.model(config, module)
   model = train_lib.linen_model(module)
   ctx = RunContext(config, workdir, data, module, model, None, mesh, parallel.is_main_process())
   place = lambda split: data_lib.shard_examples(
@@ -118,11 +120,11 @@ def run(task: Task, config, workdir: str) -> dict:
       global_arrays=True)
   train_split = place(data.train)
   val_split = place(data.val) if data.val is not None else None
+  sizes = {name: len(split[0]) if split is not None else 0 for name, split in
+           (('train', data.train), ('validation', data.val), ('test', data.test))}
   if data.description:
     ctx.say(data.description)
-  ctx.say(f'data {data.source}: {len(data.train[0])} train / '
-          f'{len(data.val[0]) if data.val is not None else 0} validation / {len(data.test[0])} '
-          f'test examples; mesh {dict(mesh.shape)}')
+  ctx.say(f'data {data.source}: {sizes}; mesh {dict(mesh.shape)}')
   train_cfg = config.train
   try:
     steps_per_epoch = train_split.steps_per_epoch(train_cfg.batch_size)
@@ -134,10 +136,13 @@ def run(task: Task, config, workdir: str) -> dict:
   total_steps = steps_of(train_cfg, steps_per_epoch, 'num')
   tx, schedule = train_lib.optimizer_from_config(
       config.optimizer, total_steps, steps_of(config.optimizer, steps_per_epoch, 'warmup'))
+  for extension in EXTENSIONS:
+    tx = extension.optimizer(config, tx)
 
-  train_pre, eval_pre = task.preprocess(config, data)
-  ctx.eval_preprocess = eval_pre or (lambda batch: batch)
-  example = ctx.eval_preprocess({'inputs': jnp.asarray(data.train[0][:1])})['inputs']
+  ctx.input_spec, augment = task.inputs(config, data), task.augment(config)
+  eval_pre = lambda batch: {**batch, 'inputs': data_lib.to_model_inputs(ctx.input_spec,
+                                                                        batch['inputs'])}
+  example = eval_pre({'inputs': data.train[0][:1]})['inputs']
   cfg = config.checkpoint
   checkpointer = Checkpointer(
       checkpoint_dir(workdir), config=config.to_dict(), resumable=schema_of(task).resumable,
@@ -152,28 +157,30 @@ def run(task: Task, config, workdir: str) -> dict:
       metrics_fn = task.metrics(data, False)
       train_step = make_train_step(model, task.loss(config), tx, metrics_fn, schedule, config,
                                    mesh)
-      if train_pre is not None:
-        train_step = train_lib.with_preprocess(train_step, train_pre)
+      if augment is not None:  # On the stored inputs (pixels 0..255: zero fill is black).
+        train_step = train_lib.with_preprocess(train_step, lambda rng, batch: eval_pre(
+            {**batch, 'inputs': augment(rng, batch['inputs'].astype(jnp.float32))}))
       base_eval = train_lib.make_eval_step(model.apply, task.loss(config), metrics_fn)
-      eval_step = lambda state, batch: base_eval(state, ctx.eval_preprocess(batch))
+      eval_step = lambda state, batch: base_eval(state, eval_pre(batch))
       with report.create_writer(workdir, enabled=ctx.is_main) as ctx.writer:
         state, history, stopped = _fit(task, ctx, state, meta, train_step, eval_step,
                                        train_split, val_split, total_steps, checkpointer)
         test_eval = train_lib.make_eval_step(model.apply, task.loss(config),
                                              task.metrics(data, True))
         test = train_lib.summarize(train_lib.Evaluator(
-            lambda state, batch: test_eval(state, ctx.eval_preprocess(batch)), place(data.test),
+            lambda state, batch: test_eval(state, eval_pre(batch)), place(data.test),
             train_cfg.eval_batch_size)(state))
         ctx.state, ctx.history = state, history
         extra = task.report(ctx, test)
+        for extension in EXTENSIONS:
+          extra.update(extension.report(ctx, test))
         ctx.writer.write_scalars(int(state.step), {f'test/{k}': v for k, v in test.items()
                                                   if np.ndim(v) == 0})
     finally:
       checkpointer.close()
   summary = {
       'task': task.name, 'dataset': data.dataset, 'data_source': data.source,
-      'examples': {'train': len(data.train[0]), 'validation': len(data.val[0]) if data.val
-                   is not None else 0, 'test': len(data.test[0])},
+      'examples': sizes,
       'model': config.model.name,
       'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
       'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
@@ -186,6 +193,10 @@ def run(task: Task, config, workdir: str) -> dict:
       'wall_seconds': time.perf_counter() - start, **extra}
   if ctx.is_main:
     report.plot_history(history, os.path.join(workdir, 'training_curves.png'))
+    write_card(workdir, {'task': task.name, 'dataset': data.dataset, 'step': int(state.step),
+                         'model': {'name': config.model.name, 'arguments': arguments},
+                         'inputs': ctx.input_spec, 'test': summary['test'],
+                         'class_names': list(data.info.get('class_names', [])) or None})
     print(report.write_summary(workdir, summary), flush=True)
   return summary
 
@@ -198,7 +209,8 @@ def _fit(task, ctx, state, meta, train_step, eval_step, train_split, val_split, 
   earlier = report.read_logged_rows(ctx.workdir, int(state.step)) if meta else ([], [])
   stopped = bool(meta and meta.get('stopped_early'))
   callbacks = [train_lib.TerminateOnNaN(), Checkpoint(checkpointer),
-               train_lib.LogWriter(ctx.writer, ctx.data.tokens_per_example), *task.callbacks(ctx)]
+               train_lib.LogWriter(ctx.writer, ctx.data.tokens_per_example), *task.callbacks(ctx),
+               *(cb for extension in EXTENSIONS for cb in extension.callbacks(ctx))]
   if val_split is not None:
     callbacks.append(train_lib.Evaluate(eval_step, val_split, every_steps=train_cfg.eval_every_steps,
                                         batch_size=train_cfg.eval_batch_size))

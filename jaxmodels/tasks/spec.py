@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jaxmodels import data as data_lib
 from jaxmodels import models, parallel
 from jaxmodels import train as train_lib
 from jaxmodels.errors import ConfigError
@@ -62,14 +63,14 @@ class RunContext:
   is_main: bool
   state: Any = None
   history: Any = None
-  eval_preprocess: Callable = lambda batch: batch
+  input_spec: dict = dataclasses.field(default_factory=dict)
 
   def predict(self, inputs) -> np.ndarray:
     """The final model's outputs for host `inputs` (preprocessed as for evaluation), on every
     process (a collective: every process must call it)."""
     state = parallel.host_copy(self.state)
     predict = jax.jit(train_lib.make_predict_fn(self.model.apply))
-    return np.asarray(predict(state, self.eval_preprocess({'inputs': jnp.asarray(inputs)})['inputs']))
+    return np.asarray(predict(state, data_lib.to_model_inputs(self.input_spec, inputs)))
 
   def say(self, text: str) -> None:
     """Prints on process 0 only (every process runs the same code)."""
@@ -77,8 +78,28 @@ class RunContext:
       print(text, flush=True)
 
 
-def _no_preprocess(config, data):
-  return None, None
+class Extension:
+  """A part of a run that every task can use, switched on by its own config fields
+  (starting from other weights, fine-tuning, compression): it may change the model, the
+  optimiser, the fresh state (not a resumed one), and add callbacks and report entries.
+  `run_config.EXTENSIONS` lists them; the runner applies each, in order."""
+  schema: Schema = Schema({})
+
+  def model(self, config, module: nn.Module) -> nn.Module:
+    return module
+
+  def optimizer(self, config, tx):
+    return tx
+
+  def initialize(self, config, module: nn.Module, state):
+    """The fresh, sharded state -> the state training starts from."""
+    return state
+
+  def callbacks(self, ctx: RunContext) -> list:
+    return []
+
+  def report(self, ctx: RunContext, test: dict) -> dict:
+    return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +111,10 @@ class Task:
   load_data(config) -> TaskData. model_kwargs(config, data) -> dict: the model's
   data-dependent arguments (num_classes, vocab_size, ...). loss(config) -> loss_fn.
   metrics(data, for_eval) -> metrics_fn (for_eval: the final test pass's, e.g. with
-  a confusion matrix). preprocess(config, data) -> (train_fn(rng, batch),
-  eval_fn(batch)) or (None, None). callbacks(ctx) -> extra fit callbacks.
+  a confusion matrix). inputs(config, data) -> how stored (or sent) inputs become model
+  inputs, as JSON (`data.to_model_inputs`; model.json records it for export, serving and
+  explanations). augment(config) -> fn(rng, inputs) applied to training batches before
+  that, or None. callbacks(ctx) -> extra fit callbacks.
   report(ctx, test) -> summary entries from the test metrics (and plots); a 'test'
   entry is merged into the summary's test metrics. defaults: new defaults for fields
   of the common schema (e.g. checkpoint.best_metric).
@@ -104,20 +127,21 @@ class Task:
   loss: Callable
   metrics: Callable
   report: Callable
-  preprocess: Callable = _no_preprocess
+  augment: Callable = lambda config: None
   callbacks: Callable = lambda ctx: []
   defaults: dict = dataclasses.field(default_factory=dict)
+  inputs: Callable = lambda config, data: {}
 
-  def build_model(self, config, data: TaskData) -> nn.Module:
-    """The model named by config.model.name, with its config options and the data's arguments.
+  def model_arguments(self, config, data: TaskData) -> dict:
+    """The constructor arguments of the model named by config.model.name: its config options
+    and the data's arguments (JSON-able; model.json records them).
 
     Options of other models are ignored with a warning (one recipe may serve several
     models, e.g. lstm and bert); an option of no model is an error.
     """
-    fields = lambda cls: {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+    fields = lambda cls: {f.name for f in dataclasses.fields(cls)} - {'parent', 'name', 'dtype'}
     accepted = fields(models.MODELS[config.model.name])
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()
-               if k != 'name'}
+    options = {k: v for k, v in config.model.items() if k != 'name'}
     unknown = sorted(set(options) - set().union(*map(fields, models.MODELS.values())))
     if unknown:
       raise ConfigError(f'model.{unknown[0]} is an option of no model; {config.model.name} '
@@ -125,7 +149,16 @@ class Task:
     ignored = sorted(set(options) - accepted)
     if ignored:
       logging.warning('model %s ignores the options %s', config.model.name, ', '.join(ignored))
-    options = {k: v for k, v in options.items() if k in accepted}
-    arguments = {k: v for k, v in self.model_kwargs(config, data).items() if k in accepted}
-    dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.precision.compute_dtype]
-    return models.MODELS[config.model.name](**options, **arguments, dtype=dtype)
+    arguments = {**options, **self.model_kwargs(config, data)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()
+            if k in accepted}
+
+  def build_model(self, config, data: TaskData) -> nn.Module:
+    dtype = jnp.bfloat16 if config.precision.compute_dtype == 'bfloat16' else jnp.float32
+    return build_module(config.model.name, self.model_arguments(config, data), dtype)
+
+
+def build_module(name: str, arguments: dict, dtype=jnp.float32) -> nn.Module:
+  """`models.MODELS[name]` built from JSON-able arguments (lists become tuples)."""
+  arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in arguments.items()}
+  return models.MODELS[name](**arguments, dtype=dtype)

@@ -54,7 +54,7 @@ def load_data(config) -> TaskData:
     val = (encode(val_texts), val_labels)
   return TaskData((encode(train_texts), train_labels), (encode(test_texts), test_labels), source,
                   cfg.tfds_name if source.startswith('tfds') else 'labelled texts', val=val,
-                  info={'class_names': names, 'vocab_size': vocab.size},
+                  info={'class_names': names, 'vocab_size': vocab.size, 'words': vocab.words},
                   description=f'word vocabulary of {vocab.size} from {len(train_texts)} texts',
                   tokens_per_example=cfg.max_length)
 
@@ -65,6 +65,8 @@ TASK = Task('text_classification', SCHEMA, ('lstm', 'bert'), load_data,
                                                'max_length': config.data.max_length},
             loss=classification.loss, metrics=classification.metrics,
             report=classification.report_scores,
+            inputs=lambda config, data: {'kind': 'words', 'vocabulary': data.info['words'],
+                                         'max_length': config.data.max_length},
             defaults={'model.name': 'lstm', 'train.batch_size': 64, 'train.num_epochs': 8.0,
                       'train.log_every_steps': 50, 'train.eval_batch_size': 256,
                       'train.steps_per_dispatch': 1, 'optimizer.learning_rate': 2e-3,
