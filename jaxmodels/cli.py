@@ -146,13 +146,16 @@ def run(task, experiment_file: str) -> None:
     if args.help:
       print(usage(sys.modules['__main__'].__doc__ or '', default_workdir, config, schema))
       sys.exit(0)
-    apply_overrides(config, schema, _overrides(rest))
+    overrides = _overrides(rest)
+    apply_overrides(config, schema, overrides)
     from jaxmodels import parallel
     from jaxmodels.compilation_cache import enable_compilation_cache
     enable_compilation_cache(args.compilation_cache)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
-    runner.run(task, config, args.workdir)
+    from jaxmodels.schema import flatten
+    values = flatten(config)
+    runner.run(task, config, args.workdir, overrides={k: values[k] for k, _ in overrides})
   except USER_ERRORS as e:
     flag = f' (set with {_flag_of(e.key)}=...)' if getattr(e, 'key', None) else ''
     print(f'error: {e}{flag}', file=sys.stderr)

@@ -66,6 +66,8 @@ def test_mnist_cli_trains_on_local_idx_files(mnist_dir, tmp_path):
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['steps'] == 4 and summary['data_source'].startswith('local:')
   assert summary['dataset'] == 'mnist'
+  assert summary['overrides']['train.num_steps'] == 4  # Parsed: the int, not the string.
+  assert summary['overrides']['model.widths'] == [8, 8, 8]
 
 
 def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path):

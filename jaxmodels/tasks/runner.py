@@ -100,9 +100,10 @@ def make_train_step(model, loss_fn, tx, metrics_fn, schedule, config, mesh):
   return train_lib.skip_nonfinite(step) if config.nan.policy == 'skip' else step
 
 
-def run(task: Task, config, workdir: str) -> dict:
+def run(task: Task, config, workdir: str, overrides: dict | None = None) -> dict:
   """Trains, evaluates the test split once at the end, and writes logs, plots and the summary
-  to workdir. Returns the summary. Runs again in the same workdir resume."""
+  to workdir. Returns the summary. Runs again in the same workdir resume. overrides: the
+  config changes this run was asked for (the command line's), recorded in the summary."""
   start = time.perf_counter()
   validate(task, config)
   parallel.assert_same_config(config)
@@ -179,7 +180,8 @@ def run(task: Task, config, workdir: str) -> dict:
     finally:
       checkpointer.close()
   summary = {
-      'task': task.name, 'dataset': data.dataset, 'data_source': data.source,
+      'task': task.name, 'overrides': dict(overrides or {}), 'dataset': data.dataset,
+      'data_source': data.source,
       'examples': sizes,
       'model': config.model.name,
       'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),

@@ -1,0 +1,31 @@
+"""The `jaxmodels` command: `jaxmodels <command> [arguments]`, `--help` on each.
+
+A command is a module with `add_arguments(parser)` and `main(args) -> int` (the exit
+code); `COMMANDS` maps each name to its module and one line of help, imported only when
+that command runs. Bad input is one line on stderr and exit code 2.
+"""
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='jaxmodels', description=__doc__.splitlines()[0])
+  commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+  for name, (module, help_text) in sorted(COMMANDS.items()):
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(module=module)
+    importlib.import_module(module).add_arguments(sub)
+  args = parser.parse_args(argv)
+  from jaxmodels.errors import USER_ERRORS
+  try:
+    return importlib.import_module(args.module).main(args)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())
