@@ -17,6 +17,10 @@ Parts (--only, comma-separated):
   accuracy    `experiments/fashion_mnist.py --config=...:fast` end to end: process start
               to the last metric, and its test accuracy (P2).
   profile     microseconds per image of each piece of the step at each batch size.
+  user        the user's protocol: whole epochs of `fit` (compilation included) with the
+              library's SmallCNN and with the user's own CNN written with Flax's
+              nn.max_pool, beside Keras `model.fit`: the first epoch (compile and warm-up
+              included) and the steady state (the later epochs), as ratios (U1, U2).
 
 Data: the Debian dataset-fashion-mnist files, or any local copy jaxmodels finds
 (see jaxmodels.data.local). A framework that is not installed is reported as
@@ -24,6 +28,7 @@ skipped in the table, not dropped.
 """
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -34,7 +39,17 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FRAMEWORKS = ('jaxmodels', 'keras', 'pytorch', 'plain_jit')
-TARGETS = dict(P1=1.5, P2_seconds=90.0, P2_accuracy=0.925, P3=1.05, P4_cold=5.0, P4_cached=2.0)
+TARGETS = dict(P1=1.5, P2_seconds=90.0, P2_accuracy=0.925, P3=1.05, P4_cold=5.0, P4_cached=2.0,
+               U1_steady=1.5, U1_first=1.2, U2=1.2)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (ratios move with it: compare figures of one machine only)."""
+  for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+    if line.startswith('model name'):
+      return line.split(':', 1)[1].strip()
+  import platform
+  return platform.processor() or platform.machine()
 
 
 def load_fashion_mnist():
@@ -151,7 +166,7 @@ def _plain_flax_model():
 
   class CNN(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, *, train=False):
       x = nn.relu(nn.Conv(32, (3, 3), padding='VALID')(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = x.reshape((x.shape[0], -1))
@@ -399,8 +414,91 @@ def profile(args, data):
   return results
 
 
+def _epoch_times(fit_epochs):
+  """Seconds of each epoch from `fit_epochs(on_epoch_end)`, the first from the call's start."""
+  ends = []
+  start = time.perf_counter()
+  fit_epochs(lambda: ends.append(time.perf_counter()))
+  return list(np.diff([start] + ends))
+
+
+def _fit_epochs_jaxmodels(module, x, y, batch_size, epochs):
+  import jax
+  import optax
+
+  import jaxmodels as jm
+
+  def fit_epochs(on_epoch_end):
+    model = jm.linen_model(module)
+    tx = optax.adam(1e-3)
+    state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), x[:1])
+    step = jm.make_train_step(model.apply, jm.classification_loss(), tx,
+                              jm.classification_metrics(10))
+    timer = jm.LambdaCallback(on_fit_start=lambda loop, state: setattr(
+        timer, 'every_steps', loop.steps_per_epoch))
+    timer.on_steps_end = lambda step, state: (
+        step % timer.every_steps == 0 and on_epoch_end())  # fit syncs before this call.
+    jm.fit(state, step, (x, y), batch_size=batch_size, num_epochs=epochs, callbacks=[timer],
+           steps_per_dispatch=4, log_every_steps=10**9, progress=False)
+
+  return fit_epochs
+
+
+def _fit_epochs_keras(x, y, batch_size, epochs):
+  import os
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import keras
+
+  def fit_epochs(on_epoch_end):
+    model = keras.Sequential([
+        keras.Input(shape=(28, 28, 1)), keras.layers.Conv2D(32, 3, activation='relu'),
+        keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+        keras.layers.Dense(128, activation='relu'), keras.layers.Dense(10)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=['accuracy'])
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end())
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[callback])
+
+  return fit_epochs
+
+
+def user_protocol(args, data):
+  """Whole epochs through the public APIs, as a user trains: compile and warm-up included in
+  the first epoch; the steady state is the mean of the later ones. Images/s and ratios."""
+  from jaxmodels.models import SmallCNN
+  x, y = data[0][:args.epoch_images], data[1][:args.epoch_images]
+  contenders = {'jaxmodels SmallCNN': lambda b: _fit_epochs_jaxmodels(SmallCNN(), x, y, b,
+                                                                      args.epochs),
+                'user nn.max_pool CNN': lambda b: _fit_epochs_jaxmodels(_plain_flax_model(), x,
+                                                                        y, b, args.epochs),
+                'keras': lambda b: _fit_epochs_keras(x, y, b, args.epochs)}
+  results = {}
+  for batch_size in args.batch_sizes:
+    row = {}
+    for name, make in contenders.items():
+      try:
+        seconds = _epoch_times(make(batch_size))
+      except ImportError as e:
+        print(f'  {name}: skipped ({e})', flush=True)
+        continue
+      per_epoch = len(x) // batch_size * batch_size
+      row[name] = dict(first=per_epoch / seconds[0],
+                       steady=per_epoch / float(np.mean(seconds[1:] or seconds)))
+      print(f'  bs {batch_size:4d}  {name:22s} first epoch {row[name]["first"]:7.0f} img/s, '
+            f'steady {row[name]["steady"]:7.0f} img/s', flush=True)
+    results[str(batch_size)] = row
+    keras_row = row.get('keras')
+    for name in ('jaxmodels SmallCNN', 'user nn.max_pool CNN'):
+      if keras_row and name in row:
+        first, steady = (row[name][k] / keras_row[k] for k in ('first', 'steady'))
+        print(f'  bs {batch_size:4d}  {name:22s} vs Keras: first epoch {first:.2f}x, steady '
+              f'{steady:.2f}x', flush=True)
+  return results
+
+
 PARTS = dict(throughput=throughput, overhead=overhead, startup=startup, accuracy=accuracy,
-             profile=profile)
+             profile=profile, user=user_protocol)
 
 
 def main():
@@ -419,6 +517,9 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--quick', action='store_true',
                       help='a few steps of each part, and a 1-epoch accuracy run')
+  parser.add_argument('--epochs', type=int, default=3, help='epochs of the user protocol')
+  parser.add_argument('--epoch_images', type=int, default=60000,
+                      help='training images per epoch of the user protocol')
   parser.add_argument('--json', help='also write the figures to this file')
   args = parser.parse_args()
   args.parts = [p for p in args.only.split(',') if p]
@@ -433,10 +534,12 @@ def main():
   args.accuracy_flags = []
   if args.quick:
     args.steps, args.warmup, args.overhead_steps, args.repeats = 4, 2, 3, 1
+    args.epochs, args.epoch_images = 2, 1024
     args.accuracy_flags = ['--config.train.num_epochs=1']
 
   data = load_fashion_mnist()
-  figures = {}
+  print(f'CPU: {cpu_model()}; {os.cpu_count()} cores', flush=True)
+  figures = {'cpu': cpu_model()}
   for name in args.parts:
     print(f'== {name}', flush=True)
     figures[name] = PARTS[name](args, data)

@@ -107,3 +107,40 @@ def test_compilation_cache_writes_programs_to_its_directory(tmp_path):
   assert out.stdout.split('\n')[0] == str(tmp_path / 'cache')
   assert any((tmp_path / 'cache').iterdir()), 'no compiled program was cached'
   assert jm.enable_compilation_cache('off') is None
+
+
+class UsersCNN(nn.Module):
+  """A model as a user writes it, with Flax's own nn.max_pool: batch-norm, dropout, an
+  overlapping pool (3x3, stride 2: left alone) and a pool inside a jitted helper."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = jax.jit(lambda y: nn.max_pool(y, (2, 2), strides=(2, 2)))(nn.relu(nn.Conv(8, (3, 3))(x)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    x = nn.Dropout(0.3, deterministic=not train)(x.reshape(x.shape[0], -1))
+    return nn.Dense(10)(x)
+
+
+def test_the_train_step_rewrites_a_users_nn_max_pool_with_the_same_numbers(monkeypatch):
+  """make_train_step swaps nn.max_pool's select-and-scatter gradient for layers.max_pool's:
+  one step (values, gradients, batch statistics, metrics) equals the unrewritten step."""
+  from jaxmodels.train import step as step_module
+  rng = np.random.default_rng(0)
+  batch = {'inputs': np.maximum(rng.normal(size=(16, 12, 12, 1)), 0).astype(np.float32),
+           'labels': rng.integers(0, 10, 16).astype(np.int32)}  # ReLU-style zeros: ties.
+  model = jm.linen_model(UsersCNN())
+  tx = optax.adam(1e-2)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), batch['inputs'][:1])
+  make = lambda: jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
+                                            jm.classification_metrics(10)))
+  fast = make()
+  monkeypatch.setattr(step_module, 'rewrite_max_pools', lambda fn: fn)
+  reference = make()
+  scatters = lambda step: step.lower(state, batch).as_text().count('select_and_scatter')
+  assert scatters(reference) == 3 and scatters(fast) == 1  # The overlapping pool keeps its one.
+  (new_fast, m_fast), (new_ref, m_ref) = fast(state, batch), reference(state, batch)
+  for a, b in zip(jax.tree.leaves((new_fast, m_fast)), jax.tree.leaves((new_ref, m_ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

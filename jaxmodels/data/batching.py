@@ -60,7 +60,10 @@ def _sum_over_processes(value: int, reduce=np.sum) -> int:
 
 
 def _pad_to(array: np.ndarray, length: int) -> np.ndarray:
-  return np.asarray(array)[np.minimum(np.arange(length), len(array) - 1)]
+  array = np.asarray(array)
+  if len(array) == length:  # Nothing to pad: no copy of a large split.
+    return array
+  return array[np.minimum(np.arange(length), len(array) - 1)]
 
 
 def shard_examples(mesh: Mesh, axes: Sequence[str], arrays: Mapping[str, np.ndarray], *,

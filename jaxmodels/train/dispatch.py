@@ -32,7 +32,7 @@ class StepRunner:
         lambda rng, epoch: epoch_batch_indices(rng, epoch, data, batch_size))
     self._rng, self._epoch, self._indices = data_rng, None, None
     indices = self._indices_for(0)
-    check_batch_fits(train_step, state, take_batch(data.arrays, indices[0], mesh, data.axes))
+    self._first_batch = take_batch(data.arrays, indices[0], mesh, data.axes)
     self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
     self._data_shardings = (jax.tree.map(lambda x: x.sharding, data.arrays), indices.sharding,
                             NamedSharding(mesh, P()))
@@ -71,7 +71,11 @@ class StepRunner:
       jitted = parallel.jit_train_step(functools.partial(self._steps, num_steps=num_steps),
                                        self._state_shardings, self._data.mesh,
                                        batch_shardings=self._data_shardings)
-      self._compiled[num_steps] = jitted.lower(*self._shapes).compile()
+      try:
+        lowered = jitted.lower(*self._shapes)
+      except Exception as e:  # Flax and JAX raise many types for shape mismatches.
+        raise_batch_error(e, self._first_batch)
+      self._compiled[num_steps] = lowered.compile()
       self.compile_seconds += time.perf_counter() - start
       flops = compiled_flops(self._compiled[num_steps])
       if flops and self.flops_per_step is None:  # Per device -> every device, per step.
@@ -89,13 +93,11 @@ class StepRunner:
         state, (self._data.arrays, indices, jnp.asarray(position, jnp.int32)))
 
 
-def check_batch_fits(train_step: Callable, state, batch) -> None:
-  """Traces one step abstractly, so a batch the model cannot take fails here in one line."""
-  try:
-    jax.eval_shape(train_step, state, batch)
-  except Exception as e:  # Flax and JAX raise many types for shape mismatches.
-    describe = ', '.join(f'{k} {tuple(v.shape)} {v.dtype}' for k, v in batch.items()
-                         if k != 'mask')
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise InputError(f'the train step rejects a batch of {describe}: {type(e).__name__}: '
-                     f'{first_line[:300]}') from e
+def raise_batch_error(error: Exception, batch) -> None:
+  """The train step could not be traced on this data: one line naming the batch."""
+  describe = ', '.join(f'{k} {tuple(v.shape)} {v.dtype}' for k, v in batch.items()
+                       if k != 'mask')
+  text = str(error).strip()
+  first_line = text.splitlines()[0] if text else type(error).__name__
+  raise InputError(f'the train step rejects a batch of {describe}: {type(error).__name__}: '
+                   f'{first_line[:300]}') from error

@@ -1,4 +1,5 @@
 """TrainState: the whole training state as one pytree, nothing hidden."""
+import functools
 import zlib
 from typing import Any
 
@@ -27,9 +28,14 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
 
   model: a `Model`, Linen module or NNX module. example_inputs: one batch of
   inputs (only shapes and dtypes matter). Pure, so `jax.jit(...)` or
-  `jax.eval_shape(...)` of it works.
+  `jax.eval_shape(...)` of it works; called directly it runs as one compiled program
+  (rather than op by op, which compiles dozens of tiny programs).
   """
-  model = as_model(model)
+  return _create_train_state(as_model(model), tx, rng, example_inputs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _create_train_state(model, tx, rng, example_inputs) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   # XLA:CPU compiles the partitionable threefry of small rank-3/4 draws (conv and attention
   # kernels) for seconds each; on CPU the classic one draws the initial params instead.
