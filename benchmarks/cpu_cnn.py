@@ -60,25 +60,14 @@ def load_fashion_mnist():
   return scale(data.train_images), data.train_labels, scale(data.test_images), data.test_labels
 
 
-def micro_for(batch_size: int) -> int:
-  """Gradient accumulation over slices of 64: on a CPU, a large batch's activations
-  overflow the caches and each convolution slows down per image (see README)."""
-  return max(1, batch_size // 64) if batch_size % 64 == 0 else 1
-
-
-def spd_for(batch_size: int) -> int:
-  """Steps per dispatch: more when each step is short, as the experiment configs do."""
-  return 4 if batch_size <= 128 else 2
-
-
 # ------------------------------------------------------------------------------ frameworks
 # Each trains for `warmup + steps` steps of `batch_size` and returns images/s over the last
 # `steps` (after compilation and warm-up), reshuffling the data every epoch.
 
 
 def run_jaxmodels(x, y, batch_size, steps, warmup):
-  """jaxmodels' normal path: `fit` (device-resident data, several steps per dispatch, a
-  host sync only at logging), with the library's train step and SmallCNN."""
+  """jaxmodels' normal path: `fit` with its defaults (device-resident data, several steps per
+  dispatch, a host sync only at logging), the library's train step and SmallCNN."""
   import jax
   import optax
 
@@ -89,11 +78,11 @@ def run_jaxmodels(x, y, batch_size, steps, warmup):
   tx = optax.adam(1e-3)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), x[:1])
   step = jm.make_train_step(model.apply, jm.classification_loss(), tx,
-                            jm.classification_metrics(10), micro_batches=micro_for(batch_size))
-  spd = spd_for(batch_size)
+                            jm.classification_metrics(10))  # Slices of 64 past 128: automatic.
+  spd = jm.train.auto_steps_per_dispatch(batch_size, jm.parallel.single_device_mesh())
   warmup = -(-warmup // spd) * spd
   _, history = jm.fit(state, step, (x, y), batch_size=batch_size, num_steps=warmup + steps,
-                      steps_per_dispatch=spd, log_every_steps=warmup, progress=False)
+                      log_every_steps=warmup, progress=False)
   # One row per host sync, each with the rate of its interval; the first is the warm-up.
   rows = history.train[1:]
   sizes = np.diff([history.train[0]['step']] + [r['step'] for r in rows]) * batch_size
@@ -439,7 +428,7 @@ def _fit_epochs_jaxmodels(module, x, y, batch_size, epochs):
     timer.on_steps_end = lambda step, state: (
         step % timer.every_steps == 0 and on_epoch_end())  # fit syncs before this call.
     jm.fit(state, step, (x, y), batch_size=batch_size, num_epochs=epochs, callbacks=[timer],
-           steps_per_dispatch=4, log_every_steps=10**9, progress=False)
+           log_every_steps=10**9, progress=False)  # Defaults otherwise, as a user writes it.
 
   return fit_epochs
 

@@ -39,7 +39,8 @@ def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_bits():
   data = _data()  # 96 examples: 6 steps of 16 per epoch.
   _, state, step, _ = _setup()
   kw = dict(batch_size=16, progress=False, data_rng=jax.random.PRNGKey(1))
-  by_epochs, h = jm.fit(state, step, data, num_epochs=4, log_every_steps=4, **kw)
+  by_epochs, h = jm.fit(state, step, data, num_epochs=4, log_every_steps=4, steps_per_dispatch=1,
+                        **kw)
   _, state, step, _ = _setup()
   by_steps, h5 = jm.fit(state, step, data, num_steps=24, steps_per_dispatch=5,
                         log_every_steps=12, **kw)
@@ -134,6 +135,14 @@ def test_fit_compiles_through_the_public_parallel_api(monkeypatch):
   _, state, step, _ = _setup()
   jm.fit(state, step, _data(), batch_size=16, num_steps=4, steps_per_dispatch=2, progress=False)
   assert calls == [1]  # One program: 2 steps per dispatch.
+
+
+def test_automatic_steps_per_dispatch():
+  from jaxmodels import parallel
+  one = parallel.single_device_mesh()
+  assert jm.train.auto_steps_per_dispatch(64, one) == 4
+  assert jm.train.auto_steps_per_dispatch(512, one) == 1  # A long step, already unrolled.
+  assert jm.train.auto_steps_per_dispatch(512, parallel.make_mesh({'data': 8})) == 4
 
 
 def test_every_example_trains_whatever_the_device_count():

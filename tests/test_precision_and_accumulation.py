@@ -84,3 +84,16 @@ def test_remat_gives_the_same_gradients():
     # The recomputation shows up as a remat (jax.checkpoint) primitive in the gradient.
     assert ('remat' in str(jax.make_jaxpr(jax.grad(loss))(state.params))) == remat
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
+
+
+def test_automatic_micro_batches_on_one_cpu_device_for_models_without_batch_statistics(
+    monkeypatch):
+  from jaxmodels.train import step as step_module
+  batch = {'inputs': np.zeros((512, 8, 8, 1), np.float32)}
+  assert step_module.auto_micro_batches(batch, {}) == 1  # 8 devices here: the mesh decides.
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  assert step_module.auto_micro_batches(batch, {}) == 8   # Slices of 64.
+  assert step_module.auto_micro_batches(batch, {'batch_stats': {'mean': np.zeros(3)}}) == 1
+  assert step_module.auto_micro_batches({'inputs': np.zeros((128, 2))}, {}) == 1
+  assert step_module.auto_micro_batches({'inputs': np.zeros((200, 2))}, {}) == 1  # Uneven.
+  assert step_module.auto_micro_batches(batch, {}, axis_name='data') == 1

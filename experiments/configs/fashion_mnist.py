@@ -23,7 +23,6 @@ def get_config(variant: str = 'cnn'):
   config.optimizer.weight_decay = 5e-4
   config.train.num_epochs = 10.0
   config.train.label_smoothing = 0.1
-  config.train.steps_per_dispatch = 4
   if variant == 'vit':
     config.model = dict(name='vit', patch_size=4, num_layers=4, num_heads=4, embed_dim=128,
                         mlp_dim=256, dropout=0.1, scan_layers=False, remat=False)

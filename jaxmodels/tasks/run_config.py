@@ -44,10 +44,13 @@ RUN_SCHEMA = Schema({
                                    **NOT_NEGATIVE),
     'train.num_steps': _resumable(0, 'Length of the run in steps; wins over num_epochs.',
                                   **NOT_NEGATIVE),
-    'train.micro_batches': _resumable(1, 'Accumulate gradients over this many slices of each '
-                                      'batch: one update, the memory of one slice.', **POSITIVE),
-    'train.steps_per_dispatch': _resumable(4, 'Train steps run per call to the devices.',
-                                           **POSITIVE),
+    'train.micro_batches': _resumable(0, 'Accumulate gradients over this many slices of each '
+                                      'batch: one update, the memory of one slice. 0: '
+                                      'automatic (slices of 64 on one CPU device, for models '
+                                      'without batch statistics).', **NOT_NEGATIVE),
+    'train.steps_per_dispatch': _resumable(0, 'Train steps run per call to the devices (0: '
+                                           'automatic, see train.loop.auto_steps_per_dispatch).',
+                                           **NOT_NEGATIVE),
     'train.log_every_steps': _resumable(100, 'Log (and sync with the host) every N steps.',
                                         **POSITIVE),
     'train.eval_every_steps': _resumable(0, 'Evaluate the validation split every N steps (0: '

@@ -42,7 +42,7 @@ def validate(task: Task, config) -> None:
   if not (config.train.num_epochs or config.train.num_steps):
     raise ConfigError('set train.num_epochs or train.num_steps to a positive number',
                       key='train.num_epochs')
-  if config.train.batch_size % config.train.micro_batches:
+  if config.train.micro_batches and config.train.batch_size % config.train.micro_batches:
     raise ConfigError(f'train.batch_size={config.train.batch_size} must be a multiple of '
                       f'train.micro_batches={config.train.micro_batches}', key='train.batch_size')
   if config.early_stopping.patience and not config.data.val_fraction:
@@ -86,7 +86,7 @@ def restore_or_create(module, model, tx, config, mesh, example, checkpointer):
 
 def make_train_step(model, loss_fn, tx, metrics_fn, schedule, config, mesh):
   """The pure train step, per parallel.strategy, train.micro_batches and nan.policy."""
-  kwargs = dict(micro_batches=config.train.micro_batches)
+  kwargs = dict(micro_batches=config.train.micro_batches or None)
   if config.parallel.strategy == 'shard_map':
     if mesh.shape['fsdp'] > 1 or mesh.shape['model'] > 1:
       raise ConfigError("parallel.strategy='shard_map' replicates params: set parallel.mesh.fsdp"
@@ -224,7 +224,8 @@ def _fit(task, ctx, state, meta, train_step, eval_step, train_split, val_split, 
       state, train_step, train_split, batch_size=train_cfg.batch_size,
       num_steps=int(state.step) if stopped else total_steps, callbacks=callbacks, mesh=ctx.mesh,
       data_rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
-      steps_per_dispatch=train_cfg.steps_per_dispatch, log_every_steps=train_cfg.log_every_steps,
+      steps_per_dispatch=train_cfg.steps_per_dispatch or None,
+      log_every_steps=train_cfg.log_every_steps,
       progress=train_cfg.progress)
   if config.nan.policy == 'rollback':
     state, history = train_lib.fit_with_rollback(

@@ -4,7 +4,7 @@ from jaxmodels.train.callbacks import (Callback, EarlyStopping, LambdaCallback, 
 from jaxmodels.train.classification_report import classification_report, precision_recall_f1
 from jaxmodels.train.evaluate import Evaluate, Evaluator, make_evaluate_fn, scalar_logs
 from jaxmodels.train.guards import NAN_POLICIES, PreemptionGuard, skip_nonfinite
-from jaxmodels.train.loop import FitLoop, History, fit
+from jaxmodels.train.loop import FitLoop, History, auto_steps_per_dispatch, fit
 from jaxmodels.train.losses import (classification_loss, mean_squared_error,
                                     sigmoid_binary_cross_entropy, softmax_cross_entropy)
 from jaxmodels.train.metrics import (Mean, classification_metrics, confusion_matrix, correct, merge,

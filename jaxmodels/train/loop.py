@@ -67,7 +67,7 @@ class FitLoop:
 def fit(state, train_step: Callable, train_data, *, batch_size: int,
         num_steps: int | None = None, num_epochs: float | None = None,
         callbacks: Sequence[Callback] = (), mesh: Mesh | None = None,
-        data_rng: jax.Array | None = None, steps_per_dispatch: int = 1,
+        data_rng: jax.Array | None = None, steps_per_dispatch: int | None = None,
         log_every_steps: int = 100, progress: bool = True):
   """Trains until `num_steps` (or `num_epochs` epochs) in total; returns (state, History).
 
@@ -76,7 +76,8 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   device) and split over its batch axes; or a `data.ShardedExamples` already
   there. `batch_size` is global. train_step(state, batch) -> (state, metrics) is
   pure; fit jits it once with the state's shardings, donates the state (do not
-  reuse the one you pass in), runs `steps_per_dispatch` steps per call and syncs
+  reuse the one you pass in), runs `steps_per_dispatch` steps per call (default
+  `auto_steps_per_dispatch`) and syncs
   with the host only every `log_every_steps`, when it logs 'loss' and the other
   metrics plus 'examples_per_sec'. Resumes from `state.step`: the data position is
   a function of the step, so nothing is replayed. Everything else is a callback:
@@ -96,6 +97,7 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   callbacks = sorted(callbacks, key=lambda cb: cb.order)
   loop = FitLoop(History(), callbacks, mesh, batch_size, steps_per_epoch, total)
   state = parallel.place_state(state, mesh)
+  steps_per_dispatch = steps_per_dispatch or auto_steps_per_dispatch(batch_size, mesh)
   runner = StepRunner(train_step, state, data, batch_size,
                       jax.random.PRNGKey(0) if data_rng is None else data_rng)
   step = int(state.step)
@@ -143,6 +145,14 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   for cb in callbacks:
     state = cb.on_fit_end(state, loop.history) or state
   return state, loop.history
+
+
+def auto_steps_per_dispatch(batch_size: int, mesh: Mesh) -> int:
+  """4 steps per call (the host's dispatch cost is paid once for several short steps), but 1
+  on CPU past 128 examples per device: such a step is long, and on CPU it is already
+  unrolled over its micro-batches (see `train.step.auto_micro_batches`)."""
+  per_device = batch_size // max(mesh.size, 1)
+  return 1 if jax.default_backend() == 'cpu' and per_device > 128 else 4
 
 
 _merge = jax.jit(merge)  # One dispatch for every metric leaf, not one per leaf.
