@@ -327,10 +327,12 @@ def startup(args, data):
   """Wall seconds from process start to the first step's result, cold and cached."""
   results = {}
   with tempfile.TemporaryDirectory() as cache:
+    # Cold: no compiled programs and no decoded data files yet; cached: both from the first.
+    env = {**os.environ, 'JAXMODELS_DATA_CACHE': os.path.join(cache, 'decoded')}
     for label in ('cold', 'cached'):
       start = time.time()
       out = subprocess.run([sys.executable, '-c', STARTUP_CHILD, cache], capture_output=True,
-                           text=True, check=True, cwd=ROOT)
+                           text=True, check=True, cwd=ROOT, env=env)
       results[label] = float(out.stdout.split()[-1]) - start
       target = TARGETS[f'P4_{label}']
       verdict = 'met' if results[label] <= target else 'MISSED'

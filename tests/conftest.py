@@ -17,6 +17,10 @@ if 'JAXMODELS_COMPILATION_CACHE' not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix='jaxmodels-test-xla-')
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
   os.environ['JAXMODELS_COMPILATION_CACHE'] = _CACHE
+if 'JAXMODELS_DATA_CACHE' not in os.environ:  # Decoded dataset files, likewise.
+  _DATA_CACHE = tempfile.mkdtemp(prefix='jaxmodels-test-data-')
+  atexit.register(shutil.rmtree, _DATA_CACHE, ignore_errors=True)
+  os.environ['JAXMODELS_DATA_CACHE'] = _DATA_CACHE
 
 import jaxmodels  # noqa: E402
 

@@ -86,3 +86,42 @@ def test_bad_magic_and_short_header(tmp_path):
 def test_missing_file(tmp_path):
   with pytest.raises(DataError, match='not found'):
     read_idx(tmp_path / 'nope-ubyte.gz')
+
+
+def test_a_large_gzipped_file_is_decoded_once_and_the_cache_follows_the_source(
+    tmp_path, monkeypatch):
+  """The decoded copy is reused (the source is not decompressed again), a changed source
+  is decoded afresh, a damaged cache entry is rewritten, and `off` writes nothing."""
+  import os
+
+  from jaxmodels.data import idx
+  cache = tmp_path / 'cache'
+  monkeypatch.setenv(idx.CACHE_ENV_VAR, str(cache))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (1100, 32, 32), dtype=np.uint8)  # ~1.1 MB even gzipped.
+  path = tmp_path / 'train-images-idx3-ubyte.gz'
+  write_idx(path, images)
+  np.testing.assert_array_equal(read_idx(path), images)
+  (entry,) = cache.iterdir()
+  decodes = []
+  monkeypatch.setattr(idx, '_decode_idx', lambda p: decodes.append(p) or images)
+  out = read_idx(path)
+  np.testing.assert_array_equal(out, images)
+  assert decodes == [] and out.flags.writeable
+
+  monkeypatch.undo()
+  monkeypatch.setenv(idx.CACHE_ENV_VAR, str(cache))
+  changed = images[::-1].copy()
+  write_idx(path, changed)
+  os.utime(path, ns=(1, 1))  # A new size/time key, whatever the clock's resolution.
+  np.testing.assert_array_equal(read_idx(path), changed)
+  assert len(list(cache.iterdir())) == 2
+  for entry in cache.iterdir():
+    entry.write_bytes(b'not an array')
+  np.testing.assert_array_equal(read_idx(path), changed)
+
+  monkeypatch.setenv(idx.CACHE_ENV_VAR, 'off')
+  other = tmp_path / 'other-idx3-ubyte.gz'
+  write_idx(other, images)
+  np.testing.assert_array_equal(read_idx(other), images)
+  assert len(list(cache.iterdir())) == 2

@@ -7,8 +7,11 @@ convolution before it. `rewrite_max_pools(fn)` traces `fn` (a model's apply), an
 evaluates its jaxpr again with every non-overlapping 2-D max-pool (window equal to its
 stride, no padding: what `nn.max_pool(x, (k, k), strides=(k, k))` gives) replaced by
 `layers.max_pool`, whose custom VJP has the same values and gradients, ties included.
-Differentiating the result therefore never meets select-and-scatter. Pools inside other
-higher-order primitives (remat, scan, custom derivatives) are left as they are.
+Differentiating the result therefore never meets select-and-scatter. A `jax.nn.relu`
+whose result only feeds such a pool is moved after it (max-pool commutes with the ReLU,
+and the ReLU's zero derivative at 0 keeps the gradients equal, ties included), so the
+ReLU and its gradient touch a quarter of the values. Pools inside other higher-order
+primitives (remat, scan, custom derivatives) are left as they are.
 """
 import functools
 
@@ -32,26 +35,60 @@ def _pool_window(eqn) -> int | None:
   return window[1] if plain and square and window == strides else None
 
 
+def _is_jax_relu(eqn) -> bool:
+  """Whether `eqn` is a call of `jax.nn.relu` (whose derivative at 0 is 0)."""
+  if eqn.primitive.name != 'custom_jvp_call':
+    return False
+  info = getattr(eqn.params['call_jaxpr'].jaxpr, 'debug_info', None)
+  source = getattr(info, 'func_src_info', None) or ''
+  return source.startswith('relu at ') and 'nn' in source.replace('\\', '/').split('/')
+
+
+class _DeferredRelu:
+  """A ReLU's input, kept until it is known whether a pool consumes the result."""
+
+  def __init__(self, x):
+    self.x = x
+    self._value = None
+
+  def value(self):
+    if self._value is None:
+      self._value = jax.nn.relu(self.x)
+    return self._value
+
+
 def _evaluate(jaxpr, consts, *args):
   """`jax.core.eval_jaxpr`, with the pools swapped and jitted sub-functions inlined."""
   env = {}
-  read = lambda v: v.val if isinstance(v, jex.Literal) else env[v]
+
+  def read(v, deferred_ok=False):
+    value = v.val if isinstance(v, jex.Literal) else env[v]
+    return value.value() if isinstance(value, _DeferredRelu) and not deferred_ok else value
+
   env.update(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
     window = _pool_window(eqn)
     if window:
-      outs = [max_pool(invals[0], window)]
-    elif eqn.primitive.name in _JIT_PRIMITIVES:
+      x = read(eqn.invars[0], deferred_ok=True)
+      pooled = (jax.nn.relu(max_pool(x.x, window)) if isinstance(x, _DeferredRelu)
+                else max_pool(x, window))
+      env[eqn.outvars[0]] = pooled
+      continue
+    if _is_jax_relu(eqn):
+      env[eqn.outvars[0]] = _DeferredRelu(read(eqn.invars[0]))
+      continue
+    if eqn.primitive.name in _JIT_PRIMITIVES:
       inner = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+      invals = [read(v, deferred_ok=True) for v in eqn.invars]
       outs = _evaluate(inner.jaxpr, inner.consts, *invals)
     else:
+      invals = [read(v) for v in eqn.invars]
       with eqn.ctx.manager:
         outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
       outs = outs if eqn.primitive.multiple_results else [outs]
     env.update(zip(eqn.outvars, outs))
-  return [read(v) for v in jaxpr.outvars]
+  return [read(v, deferred_ok=True) for v in jaxpr.outvars]
 
 
 def rewrite_max_pools(fn):
@@ -75,6 +112,7 @@ def rewrite_max_pools(fn):
     values = [leaves[i] for i in dynamic]
     closed, shapes = jax.make_jaxpr(flat_fn, return_shape=True)(*values)
     outs = _evaluate(closed.jaxpr, closed.consts, *values)
+    outs = [out.value() if isinstance(out, _DeferredRelu) else out for out in outs]
     return jax.tree.unflatten(jax.tree.structure(shapes), outs)
 
   return rewritten
