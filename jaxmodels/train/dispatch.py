@@ -1,6 +1,7 @@
 """Runs k train steps per dispatch over device-resident data: one compiled program per
 distinct k, built through `parallel.jit_train_step` (the state's shardings in and out,
 the state donated), ahead of time so that compile time stays out of throughput."""
+import concurrent.futures
 import functools
 import time
 from collections.abc import Callable
@@ -65,21 +66,34 @@ class StepRunner:
                                        unroll=unroll)
     return state, metrics
 
-  def _program(self, num_steps: int):
-    if num_steps not in self._compiled:
-      start = time.perf_counter()
-      jitted = parallel.jit_train_step(functools.partial(self._steps, num_steps=num_steps),
-                                       self._state_shardings, self._data.mesh,
-                                       batch_shardings=self._data_shardings)
-      try:
-        lowered = jitted.lower(*self._shapes)
-      except Exception as e:  # Flax and JAX raise many types for shape mismatches.
-        raise_batch_error(e, self._first_batch)
-      self._compiled[num_steps] = lowered.compile()
-      self.compile_seconds += time.perf_counter() - start
-      flops = compiled_flops(self._compiled[num_steps])
+  def _lower(self, num_steps: int):
+    jitted = parallel.jit_train_step(functools.partial(self._steps, num_steps=num_steps),
+                                     self._state_shardings, self._data.mesh,
+                                     batch_shardings=self._data_shardings)
+    try:
+      return jitted.lower(*self._shapes)
+    except Exception as e:  # Flax and JAX raise many types for shape mismatches.
+      raise_batch_error(e, self._first_batch)
+
+  def compile(self, sizes) -> None:
+    """Compiles the programs for these numbers of steps per call, at the same time: XLA
+    compiles a program on one core, so a second one costs no extra wall time here."""
+    sizes = sorted(set(sizes) - set(self._compiled))
+    if not sizes:
+      return
+    start = time.perf_counter()
+    lowered = [self._lower(n) for n in sizes]
+    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+      compiled = list(pool.map(lambda program: program.compile(), lowered))
+    self.compile_seconds += time.perf_counter() - start
+    for num_steps, program in zip(sizes, compiled):
+      self._compiled[num_steps] = program
+      flops = compiled_flops(program)
       if flops and self.flops_per_step is None:  # Per device -> every device, per step.
         self.flops_per_step = flops * self._data.mesh.size / num_steps
+
+  def _program(self, num_steps: int):
+    self.compile([num_steps])
     return self._compiled[num_steps]
 
   @property
