@@ -110,8 +110,11 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
       cb.on_fit_start(loop, state)
     boundaries = [steps_per_dispatch, steps_per_epoch, log_every_steps] + [
         cb.every_steps for cb in callbacks if cb.every_steps]
-    uneven = any(n % steps_per_dispatch for n in (*boundaries, total, step))
-    runner.compile({steps_per_dispatch, 1} if uneven else {steps_per_dispatch})
+    needed = {1} if any(n % steps_per_dispatch for n in (*boundaries, total, step)) else set()
+    if steps_per_dispatch <= min(steps_per_epoch, total - step):
+      needed.add(steps_per_dispatch)
+    if step < total:
+      runner.compile(needed)  # Together, before the first step (see StepRunner.compile).
     while step < total and not loop.stop_requested:
       # Every boundary is a multiple of something absolute, so a resumed run dispatches
       # exactly the programs of an uninterrupted one. A stretch shorter than
