@@ -6,8 +6,11 @@ biases, normalisation parameters and statistics stay float32. The exported funct
 dequantises (`q * scale`) before applying the model, so compute stays float32 and only the
 weights shrink (4x for those tensors).
 
-In-house rather than qwix: qwix 0.1.8's PTQ refuses weight-only quantisation of
-convolutions (its conv_general_dilated needs the same act_qtype and weight_qtype).
+In-house rather than qwix (which the library's model compression uses): an artifact must
+load with jax and numpy alone, so its weights are a flat {name: array} dict in safetensors
+and dequantisation is two jnp ops inside the exported function, with no qwix or flax types
+to rebuild at load time. (Also, qwix 0.1.8's PTQ refuses weight-only quantisation of
+convolutions: its conv_general_dilated needs the same act_qtype and weight_qtype.)
 """
 import jax.numpy as jnp
 import numpy as np
