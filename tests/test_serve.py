@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import demo_browser
 from deploy_run import train
 from jaxmodels import console
 from serve_process import Server
@@ -149,3 +150,16 @@ def test_sigterm_lets_requests_in_flight_finish(deployed):
   assert server.process.wait(timeout=60) == -signal.SIGTERM  # Re-raised once shut down.
   for i, (_, answer) in enumerate(answers):
     _close(answer['predictions'], expected['predictions'][i:i + 1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(demo_browser.CHROMIUM is None, reason='needs Debian chromium')
+def test_demo_page_in_headless_chromium(deployed, server, tmp_path):
+  """A person's path: the page, a PNG chosen in the file input, the labels shown."""
+  image = tmp_path / 'upload.png'
+  image.write_bytes(_png(deployed[2][3]))
+  shown = demo_browser.labels_shown(server.url + '/', str(image))
+  status, answer = server.request('POST', '/predict',
+                                  {'images': [base64.b64encode(image.read_bytes()).decode()]})
+  assert status == 200 and shown == [entry['label'] for entry in answer['predictions'][0]]
+  assert shown[0] == deployed[3]['test_predictions'][3]['top_k'][0]['label']
