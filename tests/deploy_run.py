@@ -16,6 +16,17 @@ def images(count: int, seed: int):
   return pixels.astype(np.uint8), labels
 
 
+_TRAINED = {}
+
+
+def trained_once(tmp_path_factory) -> tuple[str, object]:
+  """(workdir, its directory): one run per test session, shared by the deployment tests."""
+  if 'run' not in _TRAINED:
+    directory = tmp_path_factory.mktemp('deploy')
+    _TRAINED['run'] = (train(directory), directory)
+  return _TRAINED['run']
+
+
 def train(directory) -> str:
   """Trains the run in directory/run (data in directory/data) and returns its workdir."""
   data = directory / 'data'

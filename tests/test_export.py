@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from deploy_run import images, train
+from deploy_run import images, trained_once
 from jaxmodels import console
 from jaxmodels.errors import InputError
 from jaxmodels.serve import export, quantize
@@ -31,7 +31,7 @@ print('BANNED', banned)
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  return train(tmp_path_factory.mktemp('deploy'))
+  return trained_once(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import demo_browser
-from deploy_run import train
+from deploy_run import trained_once
 from jaxmodels import console
 from serve_process import Server
 
@@ -22,9 +22,8 @@ from serve_process import Server
 @pytest.fixture(scope='module')
 def deployed(tmp_path_factory):
   """(workdir, artifact directory, test images (uint8), summary)."""
-  root = tmp_path_factory.mktemp('serve')
-  workdir = train(root)
-  out = str(root / 'artifact')
+  workdir, root = trained_once(tmp_path_factory)
+  out = str(tmp_path_factory.mktemp('serve') / 'artifact')
   assert console.main(['export', workdir, '--out', out, '--platforms', 'cpu']) == 0
   images = np.load(root / 'data' / 'test.npz')['image']
   with open(os.path.join(workdir, 'summary.json')) as f:

@@ -152,6 +152,11 @@ def _write(out: str, manifest: dict, exported, weights: dict) -> None:
     with open(os.path.join(partial, artifact.MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
     shutil.copyfile(artifact.__file__, os.path.join(partial, artifact.LOADER))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 (and safetensors' 0600) -> as mkdir's
+    for name in os.listdir(partial):
+      os.chmod(os.path.join(partial, name), 0o666 & ~umask)
     if os.path.isdir(out):
       os.rmdir(out)  # Empty (checked): the complete artifact takes its place.
     os.rename(partial, out)
