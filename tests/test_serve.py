@@ -5,7 +5,10 @@ import base64
 import io
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +20,8 @@ import demo_browser
 from deploy_run import trained_once
 from jaxmodels import console
 from serve_process import Server
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='module')
@@ -162,3 +167,21 @@ def test_demo_page_in_headless_chromium(deployed, server, tmp_path):
                                   {'images': [base64.b64encode(image.read_bytes()).decode()]})
   assert status == 200 and shown == [entry['label'] for entry in answer['predictions'][0]]
   assert shown[0] == deployed[3]['test_predictions'][3]['top_k'][0]['label']
+
+
+@pytest.mark.slow
+def test_serve_load_benchmark_runs(deployed, tmp_path):
+  """benchmarks/serve_load.py end to end, briefly: no errors, no compilation after warm-up."""
+  np.save(tmp_path / 'images.npy', deployed[2][:32])
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/serve_load.py', deployed[1], '--clients', '4', '--seconds',
+       '1', '--max-batch-size', '8', '--images', str(tmp_path / 'images.npy'), '--json',
+       str(tmp_path / 'load.json')], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'XLA_FLAGS': ''})
+  assert result.returncode == 0, result.stderr[-3000:]
+  load = json.loads((tmp_path / 'load.json').read_text())
+  for name in ('batching', 'one_at_a_time'):
+    assert load[name]['requests'] > 0 and load[name]['errors'] == 0
+    assert load[name]['compilations_after_warmup'] == 0
+  assert load['one_at_a_time']['mean_batch_size'] == 1
+  assert [r['batch_size'] for r in load['in_process']] == [1, 8]
