@@ -68,26 +68,59 @@ def metric(port: int, name: str) -> float:
                     if line.startswith(name + ' ')))
 
 
+class RawClient:
+  """A kept-alive HTTP/1.1 connection that sends prepared requests and reads the status and
+  the Content-Length body: far less client CPU than http.client, which matters when the
+  clients share the server's cores."""
+
+  def __init__(self, port: int):
+    self.socket = socket.create_connection(('127.0.0.1', port), timeout=60)
+    self.buffer = b''
+
+  def post(self, request: bytes) -> int:
+    self.socket.sendall(request)
+    while b'\r\n\r\n' not in self.buffer:
+      self._read()
+    head, self.buffer = self.buffer.split(b'\r\n\r\n', 1)
+    lines = head.split(b'\r\n')
+    length = next(int(line.split(b':', 1)[1]) for line in lines[1:]
+                  if line.lower().startswith(b'content-length:'))
+    while len(self.buffer) < length:
+      self._read()
+    self.buffer = self.buffer[length:]
+    return int(lines[0].split()[1])
+
+  def _read(self) -> None:
+    chunk = self.socket.recv(1 << 16)
+    if not chunk:
+      raise ConnectionError('the server closed the connection')
+    self.buffer += chunk
+
+  def close(self) -> None:
+    self.socket.close()
+
+
+def http_request(body: bytes) -> bytes:
+  return (b'POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+          b'Content-Length: %d\r\n\r\n' % len(body)) + body
+
+
 def load(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict:
   """Each client sends requests back to back until `seconds` pass."""
+  requests = [http_request(body) for body in bodies]
   latencies, errors, lock = [], [0], threading.Lock()
   stop_at = time.monotonic() + seconds
 
   def client(index: int):
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-    mine, failed, i = [], 0, index
+    connection, mine, failed, i = RawClient(port), [], 0, index
     while time.monotonic() < stop_at:
       start = time.perf_counter()
       try:
-        connection.request('POST', '/predict', bodies[i % len(bodies)],
-                           {'Content-Type': 'application/json'})
-        response = connection.getresponse()
-        response.read()
-        ok = response.status == 200
-      except (OSError, http.client.HTTPException):
+        ok = connection.post(requests[i % len(requests)]) == 200
+      except OSError:
         ok = False
         connection.close()
-        connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+        connection = RawClient(port)
       if ok:
         mine.append(time.perf_counter() - start)
       else:
