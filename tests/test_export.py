@@ -97,3 +97,27 @@ def test_bad_export_requests(trained, exported, tmp_path):
     export.export_run(trained, str(tmp_path / 'a'), platforms=['gpu'])
   assert console.main(['export', str(tmp_path), '--out', str(tmp_path / 'b')]) == 2
   assert not (tmp_path / 'b').exists() and not (tmp_path / 'a').exists()
+
+
+def test_a_text_classifier_exports_with_its_tokenizer(tmp_path, mock_tfds, capsys):
+  """Texts go through the manifest's tokenizer on the host and the exported function: the
+  same logits as the run's own tokenisation and apply."""
+  from jaxmodels.serve.artifact import Artifact
+  from jaxmodels.serve.inputs import InputReader
+  from jaxmodels.tasks import runner, text_classification
+  config = runner.default_config(text_classification.TASK)
+  config.model = dict(name='lstm', embed_dim=8, hidden=8)
+  config.data.update(source='tfds', max_length=12, min_count=1)
+  config.train.update(batch_size=16, num_steps=4, log_every_steps=2, eval_batch_size=64,
+                      steps_per_dispatch=1, progress=False)
+  with mock_tfds(num_examples=48):
+    runner.run(text_classification.TASK, config, str(tmp_path / 'run'))
+  export.export_run(str(tmp_path / 'run'), str(tmp_path / 'out'), platforms=['cpu'])
+  run, model = TrainedRun.load(str(tmp_path / 'run')), Artifact(str(tmp_path / 'out'))
+  texts = ['A film, of all things!', 'nothing in the vocabulary: zzyzx', run.card['inputs'][
+      'vocabulary'][0] * 3]
+  np.testing.assert_allclose(model.logits(InputReader(model.manifest).texts(texts)),
+                             run.apply(run.model_inputs(texts)), rtol=0, atol=1e-6)
+  capsys.readouterr()  # The run's own output.
+  assert console.main(['predict', str(tmp_path / 'out'), texts[0], '--json']) == 0
+  assert json.loads(capsys.readouterr().out)['predictions'][0]['input'] == texts[0]
