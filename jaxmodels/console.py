@@ -9,6 +9,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS['export'] = ('jaxmodels.serve.export', 'export a finished run as a jax.export artifact')
+COMMANDS['predict'] = ('jaxmodels.serve.predict', "an exported model's top-k labels for inputs")
+COMMANDS['serve'] = ('jaxmodels.serve.server', 'serve an exported model over HTTP (batched)')
 
 
 def main(argv=None) -> int:

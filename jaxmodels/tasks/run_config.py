@@ -3,6 +3,7 @@ help and whether it may change when a run resumes. Tasks add their own (data.nam
 so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
 from jaxmodels.tasks.init_from import InitFrom
+from jaxmodels.tasks.sample_predictions import SamplePredictions
 from jaxmodels.train.guards import NAN_POLICIES
 from jaxmodels.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -98,4 +99,4 @@ RUN_SCHEMA = Schema({
 })
 
 # The extensions every run applies, in order (see spec.Extension).
-EXTENSIONS = (InitFrom(),)
+EXTENSIONS = (InitFrom(), SamplePredictions())
