@@ -9,6 +9,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS['quantize'] = ('jaxmodels.compress.quantize_command',
+                        'int8 post-training quantisation of a finished run')
+COMMANDS['prune-channels'] = ('jaxmodels.compress.prune_command',
+                              'structured channel pruning of a finished CNN run into a new run')
 
 
 def main(argv=None) -> int:
