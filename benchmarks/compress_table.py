@@ -22,12 +22,17 @@ import tempfile
 
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-from jaxmodels.compress import measure, quantize  # noqa: E402
+import jax  # noqa: E402
+
+from jaxmodels.compress import measure  # noqa: E402
 from jaxmodels.compress.channels import prune_run_channels  # noqa: E402
+from jaxmodels.compress.quantize import SCHEMES, quantize_run  # noqa: E402
 from jaxmodels.tasks.trained import TrainedRun  # noqa: E402
 
 FLOAT_RUNS = {'prune50': 'pruned 50 %', 'prune80': 'pruned 80 %',
-              'distill': 'distilled student', 'labels': 'student, labels only'}
+              'distill': 'distilled student', 'distill_t2a5': 'distilled student, T 2 alpha 0.5',
+              'labels': 'student, labels only',
+              'channels50ft': 'channels pruned 50 %, fine-tuned 1 epoch'}
 
 
 def _row(name, predict, variables, save, inputs, labels, flops_of=None) -> dict:
@@ -48,7 +53,9 @@ def _float_row(name, run, inputs, labels):
   example = inputs[:1]
   flops = lambda: measure.forward_flops(lambda v, x: run.module.apply(v, x, train=False),
                                         run.variables, example)
-  return _row(name, run.apply, run.variables,
+  variables = jax.tree.map(jax.numpy.asarray, run.variables)
+  predict = jax.jit(lambda x: run.module.apply(variables, x, train=False))  # Compiled once.
+  return _row(name, predict, run.variables,
               lambda path: measure.save_arrays(path, run.variables), inputs, labels, flops)
 
 
@@ -63,12 +70,12 @@ def table(runs: str) -> list[dict]:
     raise SystemExit(f'error: no test split: {reason}')
   inputs, labels = base.model_inputs(split[0]), split[1]
   rows = [_float_row('fp32', base, inputs, labels)]
-  for scheme in quantize.SCHEMES:
-    rows.append(_quantized_row(f'{scheme} PTQ', quantize.quantize_run(base, scheme), inputs,
+  for scheme in SCHEMES:
+    rows.append(_quantized_row(f'{scheme} PTQ', quantize_run(base, scheme), inputs,
                                labels))
   if os.path.isdir(os.path.join(runs, 'qat')):
     qat = TrainedRun.load(os.path.join(runs, 'qat'))
-    rows.append(_quantized_row('w8a8 QAT', quantize.quantize_run(qat, 'w8a8'), inputs, labels))
+    rows.append(_quantized_row('w8a8 QAT', quantize_run(qat, 'w8a8'), inputs, labels))
   for key, name in FLOAT_RUNS.items():
     if os.path.isdir(os.path.join(runs, key)):
       rows.append(_float_row(name, TrainedRun.load(os.path.join(runs, key)), inputs, labels))

@@ -19,6 +19,6 @@ def get_config(variant: str = 'distill'):
   config.distill.alpha = 0.0 if variant == 'labels' else 0.9
   config.optimizer.learning_rate = 3e-3
   config.train.batch_size = 64
-  config.train.num_epochs = 2.0
+  config.train.num_epochs = 5.0
   config.train.log_every_steps = 200
   return config
