@@ -46,7 +46,10 @@ class Projection(nn.Module):
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
                                             in_axis=self.in_axes, out_axis=out_axes)
     kernel = self.param('kernel', logical(init, *self.names), self.shape)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    # Cast as nn.Dense does, through promote_dtype: quantisers (qwix) hook it to pass int8
+    # kernels through.
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return jnp.einsum(self.equation, x, kernel)
 
 
 class AttentionOptions(nn.Module):
