@@ -8,6 +8,7 @@ and how raw inputs become model inputs; the checkpoints hold the variables.
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -37,6 +38,8 @@ class TrainedRun:
   card: dict
   module: nn.Module
   variables: dict
+  _apply: Callable | None = dataclasses.field(default=None, init=False, repr=False,
+                                              compare=False)
 
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> 'TrainedRun':
@@ -81,6 +84,8 @@ class TrainedRun:
     write_card(workdir, self.card)
 
   def apply(self, inputs):
-    """The model's outputs (inference mode) for model inputs (see `model_inputs`)."""
-    return jax.jit(lambda variables, x: self.module.apply(variables, x, train=False))(
-        self.variables, inputs)
+    """The model's outputs (inference mode) for model inputs (see `model_inputs`); compiled
+    once per input shape."""
+    if self._apply is None:
+      self._apply = jax.jit(lambda variables, x: self.module.apply(variables, x, train=False))
+    return self._apply(self.variables, inputs)
