@@ -1,4 +1,4 @@
-"""Name maps as data: regex rules from a checkpoint's tensor names to jaxmodels' param paths,
+r"""Name maps as data: regex rules from a checkpoint's tensor names to jaxmodels' param paths,
 each with the layout change it needs (transpose, reshape to the param's shape, split into
 parts), applied by `map_tensors`.
 
