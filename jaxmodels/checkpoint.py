@@ -256,6 +256,18 @@ def read_variables(directory: str, step: int | None = None) -> dict:
   return {'params': parts['params'], **parts['model_state']}
 
 
+def read_meta(directory: str, step: int | None = None) -> dict:
+  """The JSON saved beside a checkpoint's state (the run's config, its data position): what
+  rebuilds a finished run's data (export measures the test accuracy with it)."""
+  reader = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False),
+                                 item_handlers={'meta': ocp.JsonCheckpointHandler()})
+  step = reader.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'no checkpoint in {directory}', key='workdir')
+  return dict(reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+
+
 def read_params(directory: str, step: int | None = None):
   """The params of a checkpoint as host numpy arrays, whatever model or mesh wrote them
   (for inspection, export and tests)."""

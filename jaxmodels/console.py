@@ -9,6 +9,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS['export'] = ('jaxmodels.serve.export', 'export a finished run as a jax.export artifact')
+COMMANDS['predict'] = ('jaxmodels.serve.predict', "an exported model's top-k labels for inputs")
+COMMANDS['serve'] = ('jaxmodels.serve.server', 'serve an exported model over HTTP (batched)')
+COMMANDS['quantize'] = ('jaxmodels.compress.quantize_command',
+                        'int8 post-training quantisation of a finished run')
+COMMANDS['prune-channels'] = ('jaxmodels.compress.prune_command',
+                              'structured channel pruning of a finished CNN run into a new run')
 
 
 def main(argv=None) -> int:

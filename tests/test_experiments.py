@@ -26,7 +26,9 @@ def _quick(config):
     ('mnist.py', (28, 28, 1)), ('fashion_mnist.py', (28, 28, 1)),
     ('fashion_mnist.py:vit', (28, 28, 1)), ('fashion_mnist.py:fast', (28, 28, 1)),
     ('cifar10.py', (32, 32, 3)), ('cifar10.py:resnet', (32, 32, 3)),
-    ('cifar10.py:vit', (32, 32, 3)), ('cifar10.py:three_conv', (32, 32, 3))])
+    ('cifar10.py:vit', (32, 32, 3)), ('cifar10.py:three_conv', (32, 32, 3)),
+    ('compress.py', (28, 28, 1)), ('compress.py:qat', (28, 28, 1)),
+    ('compress.py:prune80', (28, 28, 1))])
 def test_every_image_recipe_validates_and_builds(recipe, shape):
   config = cli.load_config_file(str(CONFIGS / recipe))
   runner.validate(image_classification.TASK, config)

@@ -1,5 +1,6 @@
 """Flax Linen model zoo. Every model is called as `model(x, train=bool)`; the Transformer
 families carry logical axis names for sharding (see `parallel.LOGICAL_AXIS_RULES`)."""
+from jaxmodels.models.bert import BertClassifier, BertEncoder
 from jaxmodels.models.cnn import Cifar10CNN, ConvNet, SmallCNN, ThreeConvCNN
 from jaxmodels.models.gpt import GPT, generate, sample_logits
 from jaxmodels.models.mlp import MLP
@@ -19,6 +20,7 @@ MODELS = {
     'vit': ViT,
     'lstm': LSTMClassifier,
     'bert': TransformerClassifier,
+    'bert_classifier': BertClassifier,
     'gpt': GPT,
 }
 
@@ -31,5 +33,5 @@ def create_model(name: str, **kwargs):
 
 
 __all__ = ['MLP', 'SmallCNN', 'ThreeConvCNN', 'ConvNet', 'Cifar10CNN', 'ResNet', 'ViT',
-           'LSTMClassifier', 'TransformerClassifier', 'GPT', 'Encoder', 'generate',
-           'sample_logits', 'MODELS', 'create_model']
+           'LSTMClassifier', 'TransformerClassifier', 'BertEncoder', 'BertClassifier', 'GPT',
+           'Encoder', 'generate', 'sample_logits', 'MODELS', 'create_model']

@@ -1,12 +1,15 @@
 """Transformer building blocks: multi-head attention through `jax.nn.dot_product_attention`
 (fused kernels where the backend has them), rotary or learned positions, pre-LayerNorm
-residual blocks, and a layer stack with optional `nn.scan` and rematerialisation.
+(GPT, ViT) or post-LayerNorm (BERT) residual blocks, and a layer stack with optional
+`nn.scan` and rematerialisation. The numerics the published models need are options:
+the LayerNorm epsilon, exact or tanh GELU, and biases on the attention projections.
 
 Params and activations carry logical axis names -- 'batch', 'length', 'embed',
 'heads', 'kv', 'mlp', 'vocab', 'layers' -- so sharding rules (`parallel.LOGICAL_AXIS_RULES`:
 FSDP on 'embed', tensor parallelism on 'heads' / 'mlp') apply without touching the model. Shapes:
 B batch, T query length, S key length, E embed, H heads, D head dim.
 """
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -14,6 +17,14 @@ import jax
 import jax.numpy as jnp
 
 Dtype = jnp.dtype
+
+# The MLP's nonlinearity: 'gelu_tanh' is GPT-2's (and flax's default) approximation,
+# 'gelu_erf' the exact GELU of BERT and ViT.
+ACTIVATIONS = {
+    'gelu_tanh': functools.partial(nn.gelu, approximate=True),
+    'gelu_erf': functools.partial(nn.gelu, approximate=False),
+    'relu': nn.relu,
+}
 
 
 def logical(init: Callable, *names):
@@ -32,21 +43,34 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Ar
 
 
 class Projection(nn.Module):
-  """y = einsum(x, kernel): a dense layer whose kernel keeps its head axes (and their
-  logical names) instead of being a flattened matrix."""
-  shape: tuple[int, ...]       # Kernel shape.
+  """A dense layer whose kernel keeps its head axes (and their logical names) instead of
+  being a flattened matrix: the trailing `num_in` axes of x contract with the kernel's
+  leading `num_in` axes, e.g. (B, T, E) x (E, H, D) -> (B, T, H, D) for a query and
+  (B, T, H, D) x (H, D, E) -> (B, T, E) for the output. One `lax.dot_general`, so
+  interception-based tools (qwix's LoRA and quantisation) see a weight they can adapt."""
+  shape: tuple[int, ...]       # Kernel shape: fan-in axes first.
   names: tuple[str, ...]       # Logical axis names of the kernel.
-  equation: str                # e.g. 'bte,ehd->bthd'.
-  in_axes: tuple[int, ...]     # Kernel axes that are contracted (the fan-in).
+  num_in: int = 1              # How many leading kernel axes are contracted (the fan-in).
+  use_bias: bool = False       # A bias over the output axes.
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    out_axes = tuple(i for i in range(len(self.shape)) if i not in self.in_axes)
+    in_axes = tuple(range(self.num_in))
+    out_axes = tuple(range(self.num_in, len(self.shape)))
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
-                                            in_axis=self.in_axes, out_axis=out_axes)
+                                            in_axis=in_axes, out_axis=out_axes)
     kernel = self.param('kernel', logical(init, *self.names), self.shape)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    # Cast as nn.Dense does, through promote_dtype: quantisers (qwix) hook it to pass int8
+    # kernels through.
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    x_axes = tuple(range(x.ndim - self.num_in, x.ndim))
+    y = jax.lax.dot_general(x, kernel, ((x_axes, in_axes), ((), ())))
+    if self.use_bias:
+      bias = self.param('bias', logical(nn.initializers.zeros, *self.names[self.num_in:]),
+                        self.shape[self.num_in:])
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class AttentionOptions(nn.Module):
@@ -57,6 +81,7 @@ class AttentionOptions(nn.Module):
   attention: 'fused' (`jax.nn.dot_product_attention`: fused kernels where the backend has
   them) or 'explicit' (the softmax written out, its weights (B, H, T, S) sown as
   'intermediates'/'attention_weights' for attention maps; the same outputs).
+  attention_bias: biases on the query, key, value and output projections (GPT-2, BERT, ViT).
   """
   num_heads: int = 4
   causal: bool = False
@@ -64,11 +89,13 @@ class AttentionOptions(nn.Module):
   decode: bool = False
   max_length: int = 2048
   attention: str = 'fused'
+  attention_bias: bool = False
   dtype: Dtype = jnp.float32
 
   def attention_options(self) -> dict:
     return {name: getattr(self, name) for name in
-            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'attention', 'dtype')}
+            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'attention',
+             'attention_bias', 'dtype')}
 
 
 class MultiHeadAttention(AttentionOptions):
@@ -81,7 +108,7 @@ class MultiHeadAttention(AttentionOptions):
     """x (B, T, E); mask (B, 1, T, S) bool or None; positions (B, T) int -> (B, T, E)."""
     embed = x.shape[-1]
     dense = lambda name: Projection((embed, self.num_heads, self.head_dim),
-                                    ('embed', 'heads', 'kv'), 'bte,ehd->bthd', (0,), self.dtype,
+                                    ('embed', 'heads', 'kv'), 1, self.attention_bias, self.dtype,
                                     name=name)
     q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
     if positions is None:
@@ -99,8 +126,8 @@ class MultiHeadAttention(AttentionOptions):
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
-    return Projection((self.num_heads, self.head_dim, embed), ('heads', 'kv', 'embed'),
-                      'bthd,hde->bte', (0, 1), self.dtype, name='out')(out)
+    return Projection((self.num_heads, self.head_dim, embed), ('heads', 'kv', 'embed'), 2,
+                      self.attention_bias, self.dtype, name='out')(out)
 
   def _explicit_attention(self, q, k, v, mask, causal):
     """softmax(q k^T / sqrt(D) masked) v, as `jax.nn.dot_product_attention` computes it, with
@@ -130,42 +157,63 @@ class MultiHeadAttention(AttentionOptions):
 
 
 class MLP(nn.Module):
-  """Dense(mlp_dim) -> GELU -> Dense(E)."""
+  """Dense(mlp_dim) -> activation (see ACTIVATIONS) -> Dense(E)."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'activation must be one of {", ".join(ACTIVATIONS)}, got '
+                       f'{self.activation!r}')
     h = nn.Dense(self.mlp_dim, dtype=self.dtype,
                  kernel_init=logical(nn.initializers.lecun_normal(), 'embed', 'mlp'))(x)
-    h = nn.with_logical_constraint(nn.gelu(h), ('batch', 'length', 'mlp'))
+    h = nn.with_logical_constraint(ACTIVATIONS[self.activation](h), ('batch', 'length', 'mlp'))
     return nn.Dense(x.shape[-1], dtype=self.dtype,
                     kernel_init=logical(nn.initializers.lecun_normal(), 'mlp', 'embed'))(h)
 
 
+def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm over 'embed', with logical names on its scale and bias."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name,
+                      scale_init=logical(nn.initializers.ones, 'embed'),
+                      bias_init=logical(nn.initializers.zeros, 'embed'))
+
+
 class BlockOptions(AttentionOptions):
-  """A block's settings: attention's, plus the MLP width and the dropout rate."""
+  """A block's settings: attention's, plus the MLP width and activation, the dropout rate,
+  the LayerNorm epsilon, and where the LayerNorms sit (post_norm: after each residual sum,
+  as in BERT; else before each branch, as in GPT-2 and ViT)."""
   mlp_dim: int = 1024
   dropout: float = 0.0
+  activation: str = 'gelu_tanh'
+  norm_epsilon: float = 1e-6
+  post_norm: bool = False
 
   def block_options(self) -> dict:
-    return {**self.attention_options(), 'mlp_dim': self.mlp_dim, 'dropout': self.dropout}
+    return {**self.attention_options(), 'mlp_dim': self.mlp_dim, 'dropout': self.dropout,
+            'activation': self.activation, 'norm_epsilon': self.norm_epsilon,
+            'post_norm': self.post_norm}
 
 
 class Block(BlockOptions):
-  """Pre-LayerNorm residual block: x + attn(LN(x)), then + mlp(LN(x)), with dropout."""
+  """Residual block with dropout. Pre-LayerNorm: x + attn(LN(x)), then + mlp(LN(x));
+  post-LayerNorm: LN(x + attn(x)), then LN(x + mlp(x))."""
 
   @nn.compact
   def __call__(self, x, mask, positions, train: bool):
-    norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name,
-                                     scale_init=logical(nn.initializers.ones, 'embed'),
-                                     bias_init=logical(nn.initializers.zeros, 'embed'))
+    norm1, norm2 = (layer_norm(self.norm_epsilon, self.dtype, name) for name in ('norm1', 'norm2'))
     attention = MultiHeadAttention(**self.attention_options(),
                                    head_dim=x.shape[-1] // self.num_heads, name='attention')
-    h = attention(norm('norm1')(x), mask=mask, positions=positions)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = MLP(self.mlp_dim, self.dtype, name='mlp')(norm('norm2')(x))
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    mlp = MLP(self.mlp_dim, self.dtype, self.activation, name='mlp')
+    dropout = nn.Dropout(self.dropout, deterministic=not train)
+    if self.post_norm:
+      x = norm1(x + dropout(attention(x, mask=mask, positions=positions)))
+      x = norm2(x + dropout(mlp(x)))
+    else:
+      x = x + dropout(attention(norm1(x), mask=mask, positions=positions))
+      x = x + dropout(mlp(norm2(x)))
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -178,9 +226,9 @@ class _ScannedBlock(Block):
 
 
 class Encoder(BlockOptions):
-  """`num_layers` Blocks and a final LayerNorm. scan: one traced layer, params stacked
-  on a leading 'layers' axis (fast compiles for deep stacks); remat: recompute each
-  block's activations in the backward pass."""
+  """`num_layers` Blocks and (pre-LayerNorm blocks) a final LayerNorm. scan: one traced
+  layer, params stacked on a leading 'layers' axis (fast compiles for deep stacks); remat:
+  recompute each block's activations in the backward pass."""
   num_layers: int = 4
   scan: bool = False
   remat: bool = False
@@ -200,9 +248,9 @@ class Encoder(BlockOptions):
     else:
       for i in range(self.num_layers):
         x = block(**kwargs, name=f'layer{i}')(x, mask, positions, train)
-    return nn.LayerNorm(dtype=self.dtype, name='final_norm',
-                        scale_init=logical(nn.initializers.ones, 'embed'),
-                        bias_init=logical(nn.initializers.zeros, 'embed'))(x)
+    if self.post_norm:  # Each block already ends in a LayerNorm.
+      return x
+    return layer_norm(self.norm_epsilon, self.dtype, 'final_norm')(x)
 
 
 def padding_mask(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
@@ -211,8 +259,11 @@ def padding_mask(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
 
 
 class TransformerOptions(nn.Module):
-  """The size and training options of the Transformer models (GPT, ViT, the BERT-style
-  classifier); `encoder(...)` builds their layer stack from them."""
+  """The size and training options of the Transformer models (GPT, ViT, the BERT
+  classifiers); `encoder(...)` builds their layer stack from them. activation,
+  norm_epsilon and attention_bias are what published checkpoints need to match
+  (`jaxmodels.pretrained`): GPT-2 is gelu_tanh / 1e-5 / biases, BERT and ViT gelu_erf /
+  1e-12 / biases."""
   num_layers: int = 4
   num_heads: int = 4
   embed_dim: int = 256
@@ -221,12 +272,18 @@ class TransformerOptions(nn.Module):
   scan_layers: bool = False
   remat: bool = False
   attention: str = 'fused'  # 'explicit' sows the attention weights (see AttentionOptions).
+  activation: str = 'gelu_tanh'
+  norm_epsilon: float = 1e-6
+  attention_bias: bool = False
   dtype: Dtype = jnp.float32
 
   def encoder(self, *, causal: bool, use_rotary: bool, decode: bool = False,
-              max_length: int = 2048, name: str = 'encoder') -> Encoder:
+              max_length: int = 2048, post_norm: bool = False,
+              name: str = 'encoder') -> Encoder:
     return Encoder(num_heads=self.num_heads, causal=causal, use_rotary=use_rotary, decode=decode,
-                   max_length=max_length, attention=self.attention, dtype=self.dtype,
-                   mlp_dim=self.mlp_dim,
-                   dropout=self.dropout, num_layers=self.num_layers, scan=self.scan_layers,
-                   remat=self.remat, name=name)
+                   max_length=max_length, attention=self.attention,
+                   attention_bias=self.attention_bias, dtype=self.dtype, mlp_dim=self.mlp_dim,
+                   dropout=self.dropout, activation=self.activation,
+                   norm_epsilon=self.norm_epsilon, post_norm=post_norm,
+                   num_layers=self.num_layers, scan=self.scan_layers, remat=self.remat,
+                   name=name)

@@ -9,6 +9,8 @@ def format_summary(summary: dict) -> str:
     if isinstance(value, dict):
       lines.append(f'{key}:')
       lines += [f'  {k}: {_fmt(v)}' for k, v in value.items()]
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+      lines.append(f'{key}: {len(value)} entries (in summary.json)')
     elif isinstance(value, str) and '\n' in value:
       lines += [f'{key}:', value]
     else:

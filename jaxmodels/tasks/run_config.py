@@ -1,8 +1,10 @@
 """The config fields every run has, whatever its task: each with its default, its check, its
 help and whether it may change when a run resumes. Tasks add their own (data.name, ...), and
 so do the extensions every run applies (`EXTENSIONS`)."""
+from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
 from jaxmodels.tasks.init_from import InitFrom
+from jaxmodels.tasks.sample_predictions import SamplePredictions
 from jaxmodels.train.guards import NAN_POLICIES
 from jaxmodels.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -98,4 +100,4 @@ RUN_SCHEMA = Schema({
 })
 
 # The extensions every run applies, in order (see spec.Extension).
-EXTENSIONS = (InitFrom(),)
+EXTENSIONS = (InitFrom(), QuantizationAware(), MagnitudePruning(), SamplePredictions())

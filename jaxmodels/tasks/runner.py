@@ -138,7 +138,7 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None) -> dict
   tx, schedule = train_lib.optimizer_from_config(
       config.optimizer, total_steps, steps_of(config.optimizer, steps_per_epoch, 'warmup'))
   for extension in EXTENSIONS:
-    tx = extension.optimizer(config, tx)
+    tx = extension.optimizer(config, tx, steps_per_epoch)
 
   ctx.input_spec, augment = task.inputs(config, data), task.augment(config)
   eval_pre = lambda batch: {**batch, 'inputs': data_lib.to_model_inputs(ctx.input_spec,

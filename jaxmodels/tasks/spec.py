@@ -88,7 +88,9 @@ class Extension:
   def model(self, config, module: nn.Module) -> nn.Module:
     return module
 
-  def optimizer(self, config, tx):
+  def optimizer(self, config, tx, steps_per_epoch: int):
+    """The run's optax transformation -> the one it trains with (steps_per_epoch: for
+    durations given in epochs)."""
     return tx
 
   def initialize(self, config, module: nn.Module, state):

@@ -8,12 +8,13 @@ and how raw inputs become model inputs; the checkpoints hold the variables.
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 
 from jaxmodels import data as data_lib
-from jaxmodels.checkpoint import checkpoint_dir, read_variables
+from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_variables
 from jaxmodels.errors import CheckpointError
 from jaxmodels.tasks.spec import build_module
 
@@ -37,6 +38,8 @@ class TrainedRun:
   card: dict
   module: nn.Module
   variables: dict
+  _apply: Callable | None = dataclasses.field(default=None, init=False, repr=False,
+                                              compare=False)
 
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> 'TrainedRun':
@@ -65,7 +68,24 @@ class TrainedRun:
       return vocab.encode([data_lib.clean_text(t) for t in raw], spec['max_length'])
     return data_lib.to_model_inputs(spec, raw)
 
+  def save(self, workdir: str) -> None:
+    """Writes this model as a finished run in a new `workdir` (model.json and a checkpoint of
+    its variables), e.g. after compression: `load` reads it back, and `init_from` fine-tunes
+    from it. CheckpointError if `workdir` already holds a run."""
+    if os.path.exists(os.path.join(workdir, MODEL_CARD)) or os.path.isdir(checkpoint_dir(workdir)):
+      raise CheckpointError(f'{workdir} already holds a run; choose a new directory',
+                            key='workdir')
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(checkpoint_dir(workdir), async_save=False)
+    state = {k: v for k, v in self.variables.items() if k != 'params'}
+    checkpointer.save(self.card['step'], {'params': self.variables['params'],
+                                          'model_state': state}, force=True)
+    checkpointer.close()
+    write_card(workdir, self.card)
+
   def apply(self, inputs):
-    """The model's outputs (inference mode) for model inputs (see `model_inputs`)."""
-    return jax.jit(lambda variables, x: self.module.apply(variables, x, train=False))(
-        self.variables, inputs)
+    """The model's outputs (inference mode) for model inputs (see `model_inputs`); compiled
+    once per input shape."""
+    if self._apply is None:
+      self._apply = jax.jit(lambda variables, x: self.module.apply(variables, x, train=False))
+    return self._apply(self.variables, inputs)

@@ -1,0 +1,190 @@
+"""`jaxmodels export WORKDIR --out DIR`: a finished run -> an artifact that runs with jax alone.
+
+The inference function `f(weights, inputs) -> logits` (the model in inference mode, image
+normalisation inside) is exported with `jax.export` for a symbolic batch dimension and
+the platforms asked for; its weights go beside it as safetensors (no pickle), and
+`manifest.json` records what the function cannot do itself (decoding images, word
+tokenisation), the class names, the jax version and the training run with its test metrics.
+"""
+import datetime
+import importlib
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import safetensors.numpy
+from flax import traverse_util
+
+from jaxmodels import data as data_lib
+from jaxmodels.checkpoint import checkpoint_dir, read_meta
+from jaxmodels.errors import InputError
+from jaxmodels.serve import artifact, quantize
+from jaxmodels.tasks.trained import TrainedRun
+
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+QUANTIZATIONS = ('int8',)
+FORMAT_VERSION = 1
+
+
+def inference_function(module, spec: dict):
+  """f(weights {'params/Conv_0/kernel': array, ...}, inputs (B, ...)) -> logits (B, C) float32:
+  `module` in inference mode after the run's input preprocessing (`data.to_model_inputs`:
+  pixels 0..255 normalised as in training). int8 weights are dequantised inside."""
+  def infer(weights, inputs):
+    variables = traverse_util.unflatten_dict(quantize.dequantize(weights), sep='/')
+    return module.apply(variables, data_lib.to_model_inputs(spec, inputs), train=False)
+  return infer
+
+
+def input_spec(card: dict) -> tuple[dict, dict | None]:
+  """(the manifest's 'input', its 'tokenizer') for a run's model.json. InputError for runs that
+  are not classifiers of images or word-tokenised texts."""
+  spec = card['inputs']
+  if spec.get('kind') == 'image':
+    height, width, channels = spec['shape']
+    return {'kind': 'image', 'shape': spec['shape'], 'dtype': 'float32', 'range': [0, 255],
+            'on_host': f'decode PNG/JPEG, {"grayscale" if channels == 1 else "RGB"}, resize to '
+                       f'{height}x{width} (bilinear), pixels 0..255',
+            'in_function': {'normalize': {'mean': spec['mean'], 'std': spec['std']}}}, None
+  if spec.get('kind') == 'words':
+    vocab_size = card['model']['arguments']['vocab_size']
+    return ({'kind': 'words', 'shape': [spec['max_length']], 'dtype': 'int32',
+             'range': [0, vocab_size - 1], 'on_host': 'tokenizer'},
+            {'kind': 'words', 'cleaning': data_lib.clean_text.__doc__.strip(),
+             'special_ids': {'padding': data_lib.text.PAD, 'unknown': data_lib.text.UNK,
+                             'cls': data_lib.text.CLS},
+             'vocabulary_first_id': 3, 'vocabulary': spec['vocabulary'],
+             'max_length': spec['max_length']})
+  raise InputError(f'export takes classification runs (image or text inputs); the run in '
+                   f'{card.get("task")} has {spec.get("kind")!r} inputs', key='workdir')
+
+
+def export_function(infer, weights: dict, spec: dict, platforms) -> jax.export.Exported:
+  """`infer` exported for inputs (batch, *spec['shape']) with a symbolic batch."""
+  (batch,) = jax.export.symbolic_shape('batch')
+  abstract_weights = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
+  inputs = jax.ShapeDtypeStruct((batch, *spec['shape']), jnp.dtype(spec['dtype']))
+  return jax.export.export(jax.jit(infer), platforms=tuple(platforms))(abstract_weights, inputs)
+
+
+def load_test_split(run: TrainedRun, step: int | None = None):
+  """(inputs as stored, labels) of the run's test split, rebuilt from its saved config."""
+  task = importlib.import_module(f'jaxmodels.tasks.{run.card["task"]}').TASK
+  config = ml_collections.ConfigDict(read_meta(checkpoint_dir(run.workdir),
+                                               step or run.card['step'])['config'])
+  return task.load_data(config).limited(config).test
+
+
+def accuracy(infer, weights: dict, inputs, labels, batch_size: int = 1000) -> float:
+  call = jax.jit(infer)
+  predictions = np.concatenate([np.argmax(call(weights, inputs[i:i + batch_size]), -1)
+                                for i in range(0, len(inputs), batch_size)])
+  return float(np.mean(predictions == labels))
+
+
+def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str | None = None,
+               step: int | None = None, say=print) -> dict:
+  """Writes the artifact of the run in `workdir` to the new directory `out` (atomically: a
+  failed export leaves nothing there) and returns its manifest. quantization 'int8' also
+  measures the test accuracy before and after on the run's test split."""
+  if quantization not in (None, *QUANTIZATIONS):
+    raise InputError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got '
+                     f'{quantization!r}', key='quantization')
+  unknown = sorted(set(platforms) - set(PLATFORMS))
+  if unknown or not platforms:
+    raise InputError(f'platforms must be some of {", ".join(PLATFORMS)}, got '
+                     f'{", ".join(platforms) or "none"}', key='platforms')
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise InputError(f'{out} already exists: export into a new directory', key='out')
+  run = TrainedRun.load(workdir, step)
+  spec, tokenizer = input_spec(run.card)
+  infer = inference_function(run.module, run.card['inputs'])
+  weights = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables,
+                                                                      sep='/').items()}
+  manifest = {
+      'format': 'jaxmodels-export', 'format_version': FORMAT_VERSION,
+      'files': {'function': artifact.FUNCTION, 'weights': artifact.WEIGHTS,
+                'loader': artifact.LOADER},
+      'function': {'signature': 'f(weights, inputs) -> logits', 'batch': 'symbolic',
+                   'platforms': list(platforms), 'outputs': 'logits (batch, classes) float32'},
+      'input': spec, 'tokenizer': tokenizer, 'class_names': run.class_names,
+      'jax_version': jax.__version__,
+      'run': {'workdir': os.path.abspath(workdir), 'task': run.card['task'],
+              'dataset': run.card.get('dataset'), 'step': run.card['step'],
+              'model': run.card['model'], 'test': run.card.get('test')},
+      'quantization': None, 'exported_at': datetime.datetime.now().astimezone().isoformat()}
+  if quantization:
+    quantized = quantize.quantize_int8(weights)
+    manifest['quantization'] = {
+        'scheme': 'int8 weight-only, symmetric, one scale per output channel (kernels) or row '
+                  '(embeddings)', 'float_weight_bytes': sum(v.nbytes for v in weights.values()),
+        'weight_bytes': sum(v.nbytes for v in quantized.values())}
+    try:
+      inputs, labels = load_test_split(run, step)
+    except data_lib.DataError as e:
+      say(f'warning: the test split is not available here ({e}); the accuracy cost of '
+          'quantization was not measured')
+    else:
+      before, after = (accuracy(infer, w, inputs, labels) for w in (weights, quantized))
+      manifest['quantization'].update(test_examples=len(labels), float_test_accuracy=before,
+                                      test_accuracy=after, accuracy_cost=before - after)
+      say(f'int8: test accuracy {after:.4f} (float {before:.4f}, cost '
+          f'{100 * (before - after):+.2f} points) on {len(labels)} examples')
+    weights = quantized
+  exported = export_function(infer, weights, spec, platforms)
+  _write(out, manifest, exported, weights)
+  return manifest
+
+
+def _write(out: str, manifest: dict, exported, weights: dict) -> None:
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.partial-', dir=parent)
+  try:
+    with open(os.path.join(partial, artifact.FUNCTION), 'wb') as f:
+      f.write(exported.serialize())
+    safetensors.numpy.save_file(weights, os.path.join(partial, artifact.WEIGHTS))
+    with open(os.path.join(partial, artifact.MANIFEST), 'w', encoding='utf-8') as f:
+      json.dump(manifest, f, indent=2)
+    shutil.copyfile(artifact.__file__, os.path.join(partial, artifact.LOADER))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 (and safetensors' 0600) -> as mkdir's
+    for name in os.listdir(partial):
+      os.chmod(os.path.join(partial, name), 0o666 & ~umask)
+    if os.path.isdir(out):
+      os.rmdir(out)  # Empty (checked): the complete artifact takes its place.
+    os.rename(partial, out)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def directory_bytes(directory: str) -> int:
+  return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('workdir', help='the workdir of a finished run (model.json, checkpoints/)')
+  parser.add_argument('--out', required=True, help='a new directory for the artifact')
+  parser.add_argument('--platforms', default=','.join(PLATFORMS),
+                      help='comma-separated platforms to serialise for (default: %(default)s)')
+  parser.add_argument('--quantize', choices=QUANTIZATIONS, default=None,
+                      help='weight-only int8 with per-channel scales; the test accuracy before '
+                           'and after is measured and recorded')
+  parser.add_argument('--step', type=int, default=None,
+                      help="a checkpoint step (default: the run's result, model.json's step)")
+
+
+def main(args) -> int:
+  platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
+  manifest = export_run(args.workdir, args.out, platforms=platforms, quantization=args.quantize,
+                        step=args.step)
+  print(f'exported {manifest["run"]["task"]} ({manifest["run"]["model"]["name"]}, step '
+        f'{manifest["run"]["step"]}) for {", ".join(platforms)} to {args.out} '
+        f'({directory_bytes(args.out):,} bytes)')
+  return 0
