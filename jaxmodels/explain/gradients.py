@@ -62,16 +62,21 @@ def integration_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _chunked_sum(fn: Callable, xs, chunk: int):
   """sum_i fn(xs[i]) over the leading axis, `chunk` at a time under vmap (a scan over chunks:
-  memory of one chunk). Padding entries must contribute zero (e.g. a zero weight)."""
+  memory of one chunk). The last chunk is padded; its padding entries are masked out."""
   n = jax.tree.leaves(xs)[0].shape[0]
   chunk = min(chunk, n)
   pad = -n % chunk
   xs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]), xs)
-  xs = jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), xs)
+  valid = jnp.arange(n + pad) < n
+  xs, valid = jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), (xs, valid))
   first = jax.eval_shape(jax.vmap(fn), jax.tree.map(lambda x: x[0], xs))
   zero = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), first)
-  body = lambda total, x: (jax.tree.map(lambda t, v: t + v.sum(0), total, jax.vmap(fn)(x)), None)
-  return jax.lax.scan(body, zero, xs)[0]
+
+  def body(total, chunk_xs):
+    x, keep = chunk_xs
+    masked = lambda v: jnp.where(keep.reshape(-1, *[1] * (v.ndim - 1)), v, 0).sum(0)
+    return jax.tree.map(lambda t, v: t + masked(v), total, jax.vmap(fn)(x)), None
+  return jax.lax.scan(body, zero, (xs, valid))[0]
 
 
 def integrated_gradients(fn: Callable, inputs, targets, baselines=None, *, steps: int = 64,
