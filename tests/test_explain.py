@@ -94,7 +94,7 @@ def test_gradients_and_smoothgrad_equal_the_saliency_package(cnn, monkeypatch):
     np.testing.assert_allclose(vanilla[i], pair.GradientSaliency().GetMask(images[i], call),
                                atol=1e-6, rtol=1e-5)
     draws = iter(np.asarray(jax.random.normal(key, (6, *images[i].shape))))
-    monkeypatch.setattr(np.random, 'normal', lambda mean, scale, shape: scale * next(draws))
+    monkeypatch.setattr(np.random, 'normal', lambda mean, scale, shape, draws=draws: scale * next(draws))
     expected = pair.GradientSaliency().GetSmoothedMask(images[i], call, stdev_spread=0.2,
                                                        nsamples=6, magnitude=True)
     np.testing.assert_allclose(smooth[i], expected, rtol=2e-4, atol=1e-9)
