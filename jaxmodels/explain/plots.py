@@ -65,7 +65,7 @@ def plot_token_heat(tokens: Sequence[Sequence[str]], heat, titles: Sequence[str]
   for words, h, title in zip(tokens, heat, titles):
     h = np.asarray(h[:len(words)], np.float32)
     h = h / max(float(np.abs(h).max()), 1e-12) if len(h) else h
-    lines.append((title, []))
+    lines += [(title, []), ('', [])]  # The title on a line of its own, the tokens below.
     column = 0
     for word, value in zip(words, h):
       if column and column + len(word) > line_chars:
@@ -82,6 +82,7 @@ def plot_token_heat(tokens: Sequence[Sequence[str]], heat, titles: Sequence[str]
       fig.text(0.2 / width, y, title, fontsize=9, weight='bold', family='monospace')
     for column, word, value in placed:
       fig.text((0.2 + 0.09 * column) / width, y, word, fontsize=9, family='monospace',
+               color='white' if abs(value) > 0.6 else 'black',  # Legible on dark boxes.
                bbox={'facecolor': _colour(value, signed), 'edgecolor': 'none', 'pad': 1.0})
   fig.savefig(path, dpi=100)
   return path
