@@ -2,6 +2,8 @@
 gradients, integrated gradients, SmoothGrad, Grad-CAM), the completeness of integrated
 gradients, a numpy attention rollout, the fused attention path, and the model-randomisation
 sanity check (Adebayo et al. 2018): a trained model's maps are not a random model's."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -244,3 +246,27 @@ def test_maps_of_a_randomised_model_differ_from_the_trained_models():
     rank = np.mean([scipy.stats.spearmanr(m.ravel(), n.ravel())[0] for m, n in zip(a, b)])
     assert on_square(a) > on_square(b) + 0.2 and rank < 0.7, (name, on_square(a),
                                                                on_square(b), rank)
+
+
+def test_the_explain_command_and_the_run_report(tmp_path_factory, tmp_path, capsys):
+  """A finished run's report holds saliency.png; `jaxmodels explain` writes the maps of its
+  test images, equal to |input gradient| summed over channels for the predicted class."""
+  from deploy_run import trained_once
+
+  from jaxmodels import console, data as data_lib
+  from jaxmodels.tasks.trained import TrainedRun
+  workdir, root = trained_once(tmp_path_factory)
+  assert os.path.getsize(os.path.join(workdir, 'saliency.png')) > 1000
+  out = str(tmp_path / 'maps')
+  assert console.main(['explain', workdir, '--test', '4', '--method', 'saliency',
+                       '--out', out]) == 0
+  saved = np.load(os.path.join(out, 'saliency.npz'))
+  run = TrainedRun.load(workdir)
+  images = np.load(root / 'data' / 'test.npz')['image'][:4].astype(np.float32)
+  fn = lambda x: run.module.apply(run.variables, data_lib.to_model_inputs(run.card['inputs'], x))
+  predicted = jnp.argmax(fn(images), -1)
+  expected = np.abs(explain.input_gradients(fn, images, predicted)).sum(-1)
+  np.testing.assert_allclose(saved['heat'], expected, rtol=1e-5, atol=1e-8)
+  assert os.path.getsize(os.path.join(out, 'saliency.png')) > 1000
+  assert console.main(['explain', workdir, '--test', '2', '--method', 'nonsense']) == 2
+  assert capsys.readouterr().err.strip().startswith("error: method 'nonsense'")

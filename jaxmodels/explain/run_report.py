@@ -17,7 +17,7 @@ class SaliencyReport(Extension):
       'explain.num_images': Field(16, 'Test images in saliency.png, each beside its saliency '
                                   'map for the predicted class (image runs; 0: none).',
                                   resumable=True, **at_least(0)),
-      'explain.method': Field('integrated_gradients', 'The map of saliency.png: '
+      'explain.method': Field('saliency', 'The map of saliency.png: '
                               f'{", ".join(maps.IMAGE_METHODS)}.', resumable=True,
                               **one_of(*maps.IMAGE_METHODS)),
       'explain.steps': Field(32, 'Integrated gradients: points on the path from a black image.',
