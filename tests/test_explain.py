@@ -204,7 +204,13 @@ def test_token_attributions_are_complete_and_skip_padding(name):
   baseline = module.apply({'params': {**variables['params'], 'Embed_0': {'embedding': zero}}},
                           tokens)[jnp.arange(2), targets]
   np.testing.assert_allclose(heat.sum(1), logits - baseline, rtol=1e-3, atol=1e-5)
-  if name == 'bert':
+  if name == 'bert':  # The explicit attention path gives the fused path's logits.
+    explicit = module.clone(attention='explicit').apply(variables, tokens)
+    np.testing.assert_allclose(explicit, module.apply(variables, tokens), atol=1e-5, rtol=1e-5)
+    weights = np.asarray(explain.attention_weights(module, variables, tokens))  # (L, B, H, T, S)
+    assert weights.shape == (2, 2, 2, 8, 8)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    assert np.all(weights * (tokens == 0)[None, :, None, None, :] == 0)  # No key is padding.
     rollout, _ = explain.token_heat(module, variables, tokens, 'attention_rollout')
     assert np.all(rollout[tokens == 0] == 0) and np.all(rollout[tokens != 0] > 0)
 
