@@ -31,22 +31,32 @@ def overlay(image, heat, dim: float = 0.45, cmap: str = 'inferno') -> np.ndarray
 def plot_image_maps(images, heat, titles: Sequence[str], path: str, *, method: str = '',
                     max_images: int = 32) -> str:
   """A grid of (image | heat overlay) pairs, each titled. images (N, H, W, C); heat (N, H, W)
-  >= 0 (scaled here with `scale_heat`)."""
-  images, heat = np.asarray(images)[:max_images], scale_heat(heat[:max_images])
-  pairs_per_row = min(4, len(images))
-  rows = -(-len(images) // pairs_per_row)
-  fig = Figure(figsize=(3.2 * pairs_per_row, 1.75 * rows + 0.4), layout='constrained')
-  axes = fig.subplots(rows, 2 * pairs_per_row, squeeze=False)
-  for ax in axes.ravel():
-    ax.axis('off')
-  for i, (image, h, title) in enumerate(zip(images, heat, titles)):
-    left, right = axes[i // pairs_per_row, 2 * (i % pairs_per_row):][:2]
-    grey = image.astype(np.float32)
-    left.imshow(grey[..., 0] if grey.shape[-1] == 1 else grey / 255.0, cmap='gray')
-    left.set_title(title, fontsize=8)
-    right.imshow(overlay(image, h))
+  >= 0 (scaled here with `scale_heat`). The grid is one picture drawn once (a montage):
+  one matplotlib axes per image would cost more than the maps on a small run."""
+  images, heat = np.asarray(images, np.float32)[:max_images], scale_heat(heat[:max_images])
+  count, height, width = heat.shape
+  pairs_per_row = min(4, count)
+  rows = -(-count // pairs_per_row)
+  gap, band = max(1, width // 10), max(4, height // 4)  # Pixels between tiles; title band.
+  cell_h, cell_w = band + height + gap, 2 * width + 3 * gap
+  canvas = np.ones((rows * cell_h, pairs_per_row * cell_w, 3), np.float32)
+  for i, (image, h) in enumerate(zip(images, heat)):
+    top, left = (i // pairs_per_row) * cell_h + band, (i % pairs_per_row) * cell_w + gap
+    shown = image / 255.0 if image.shape[-1] == 3 else np.repeat(
+        (image - image.min()) / max(float(image.max() - image.min()), 1e-6), 3, axis=-1)
+    canvas[top:top + height, left:left + width] = shown
+    canvas[top:top + height, left + width + gap:left + 2 * width + gap] = overlay(image, h)
+  title_h = 0.3 if method else 0.05
+  fig = Figure(figsize=(3.2 * pairs_per_row, 1.75 * rows + title_h))
+  ax = fig.add_axes((0.0, 0.0, 1.0, 1.75 * rows / (1.75 * rows + title_h)))
+  ax.imshow(canvas, interpolation='nearest', aspect='auto')
+  ax.axis('off')
+  for i, title in enumerate(titles[:count]):
+    x = (i % pairs_per_row) * cell_w + gap + width / 2
+    ax.text(x, (i // pairs_per_row) * cell_h + band - 0.5, title, ha='center', va='bottom',
+            fontsize=8, clip_on=False)
   if method:
-    fig.suptitle(method.replace('_', ' '), fontsize=10)
+    fig.suptitle(method.replace('_', ' '), fontsize=10, y=1 - 0.05 / (1.75 * rows + title_h))
   fig.savefig(path, dpi=100)
   return path
 
