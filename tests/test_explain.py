@@ -20,27 +20,6 @@ GRADIENTS = pair.base.INPUT_OUTPUT_GRADIENTS
 
 
 @pytest.fixture(scope='module')
-def cnn():
-  """A SmallCNN on raw 8x8 pixels (0..255), with random non-zero biases (no kinks at 0)."""
-  module = models.MODELS['small_cnn'](num_classes=5)
-  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
-  variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
-                           variables)
-  fn = lambda x: module.apply(variables, x / 255.0)
-  images = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 1)).astype(np.float32)
-  return module, variables, fn, images, jnp.array([0, 3, 4])
-
-
-def _pair_model(fn, target):
-  """A `call_model_function` for the saliency package: its own vmap(grad) of the score."""
-  grad = jax.vmap(jax.grad(lambda x: fn(x[None])[0, target]))
-
-  def call(batch, call_model_args=None, expected_keys=None):
-    return {GRADIENTS: np.asarray(grad(jnp.asarray(batch, jnp.float32)))}
-  return call
-
-
-@pytest.fixture(scope='module')
 def quadrants():
   """A SmallCNN trained (60 Adam steps) to tell which quadrant of a noisy 8x8 image holds a
   bright square, and the same CNN with fresh random weights. Raw pixels 0..255."""
@@ -63,6 +42,24 @@ def quadrants():
   assert history.train[-1]['accuracy'] > 0.9
   randomised = module.init(jax.random.PRNGKey(1), images[:1])
   return module, {'params': state.params}, randomised, images, labels, quadrant
+
+
+@pytest.fixture(scope='module')
+def cnn(quadrants):
+  """The trained quadrant CNN, three of its raw images (0..255) and their classes: what the
+  comparisons with the package share."""
+  module, variables, _, images, labels, _ = quadrants
+  fn = lambda x: module.apply(variables, x / 255.0)
+  return module, variables, fn, images[:3], jnp.asarray(labels[:3])
+
+
+def _pair_model(fn, target):
+  """A `call_model_function` for the saliency package: its own vmap(grad) of the score."""
+  grad = jax.vmap(jax.grad(lambda x: fn(x[None])[0, target]))
+
+  def call(batch, call_model_args=None, expected_keys=None):
+    return {GRADIENTS: np.asarray(grad(jnp.asarray(batch, jnp.float32)))}
+  return call
 
 
 def test_integrated_gradients_are_complete_at_256_steps(quadrants):
