@@ -140,6 +140,7 @@ def test_grad_cam_equals_the_saliency_package_on_a_hand_split_cnn(cnn):
     assert ours[i].max() > 0
 
 
+@pytest.mark.slow  # A second CNN to compile: kept out of the default run.
 def test_grad_cam_picks_the_last_spatial_stage_of_a_deeper_cnn():
   module = models.MODELS['convnet'](num_classes=3, widths=(4, 8))
   variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
@@ -197,7 +198,7 @@ def test_vit_attention_path_equals_the_fused_path_in_layer_order():
   assert heat.shape == (2, 8, 8)
 
 
-@pytest.mark.parametrize('name', ['bert', 'lstm'])
+@pytest.mark.parametrize('name', ['bert', pytest.param('lstm', marks=pytest.mark.slow)])
 def test_token_attributions_are_complete_and_skip_padding(name):
   """Integrated gradients at the token embeddings sum to f(x) - f(zero embeddings)."""
   options = dict(num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_length=8,
