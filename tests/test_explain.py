@@ -173,6 +173,15 @@ def test_attention_rollout_equals_a_numpy_rollout():
                                _numpy_rollout(weights, residual), rtol=1e-5, atol=1e-6)
 
 
+def _random_variables(module, *inputs, scale=0.3):
+  """Variables of `module`'s shapes drawn from N(0, scale^2) with numpy: no init program to
+  compile (for tests that compare two paths of the same model, any weights do)."""
+  shapes = nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype),
+                      shapes)
+
+
 def test_vit_attention_path_equals_the_fused_path_in_layer_order():
   """ViT's explicit path gives the fused logits to 1e-5; its weights come in layer order
   (12 listed layers, so 'layer10' must follow 'layer9'), the same as the scanned stack's."""
@@ -180,7 +189,7 @@ def test_vit_attention_path_equals_the_fused_path_in_layer_order():
   kwargs = dict(num_classes=3, patch_size=4, num_layers=12, num_heads=2, embed_dim=8,
                 mlp_dim=16, dropout=0.0)
   listed, scanned = models.ViT(**kwargs), models.ViT(**kwargs, scan_layers=True)
-  params = nn.unbox(listed.init(jax.random.PRNGKey(1), images)['params'])
+  params = _random_variables(listed, images)['params']
   fused = listed.apply({'params': params}, images)
   explicit = listed.clone(attention='explicit').apply({'params': params}, images)
   np.testing.assert_allclose(explicit, fused, atol=1e-5, rtol=1e-5)
@@ -205,7 +214,7 @@ def test_token_attributions_are_complete_and_skip_padding(name):
                  dropout=0.0) if name == 'bert' else dict(embed_dim=8, hidden=8, dropout=0.0)
   module = models.MODELS[name](vocab_size=30, num_classes=3, **options)
   tokens = jnp.array([[2, 5, 9, 11, 0, 0, 0, 0], [2, 7, 7, 3, 4, 8, 1, 0]])
-  variables = nn.unbox(module.init(jax.random.PRNGKey(0), tokens))
+  variables = _random_variables(module, tokens)
   heat, targets = explain.token_heat(module, variables, tokens, 'integrated_gradients',
                                      steps=256)
   assert np.all(heat[tokens == 0] == 0)
