@@ -277,3 +277,39 @@ def test_the_explain_command_and_the_run_report(tmp_path_factory, tmp_path, caps
   assert os.path.getsize(os.path.join(out, 'saliency.png')) > 1000
   assert console.main(['explain', workdir, '--test', '2', '--method', 'nonsense']) == 2
   assert capsys.readouterr().err.strip().startswith("error: method 'nonsense'")
+
+
+@pytest.mark.slow
+def test_the_explain_command_on_texts(tmp_path, mock_tfds, capsys):
+  """`jaxmodels explain RUN TEXT` on a BERT-style run writes per-token heat (JSON, PNG,
+  HTML); the integrated-gradients heat of a text sums to f(x) - f(zero embeddings)."""
+  import json
+
+  from jaxmodels import console
+  from jaxmodels.tasks import runner, text_classification
+  from jaxmodels.tasks.trained import TrainedRun
+  config = runner.default_config(text_classification.TASK)
+  config.model = dict(name='bert', num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+                      dropout=0.0)
+  config.data.update(source='tfds', max_length=12, min_count=1)
+  config.train.update(batch_size=16, num_steps=4, log_every_steps=2, eval_batch_size=64,
+                      steps_per_dispatch=1, progress=False)
+  workdir, out = str(tmp_path / 'run'), str(tmp_path / 'maps')
+  with mock_tfds(num_examples=48):
+    runner.run(text_classification.TASK, config, workdir)
+  run = TrainedRun.load(workdir)
+  text = ' '.join(run.card['inputs']['vocabulary'][:5])
+  capsys.readouterr()
+  assert console.main(['explain', workdir, text, '--steps', '256', '--out', out]) == 0
+  (record,) = json.load(open(os.path.join(out, 'integrated_gradients.json')))
+  assert record['tokens'] == ['[CLS]', *text.split()]
+  assert len(record['heat']) == len(record['tokens'])
+  tokens = run.model_inputs([text])
+  target = run.class_names.index(record['explained'])
+  params = run.variables['params']
+  zero = {**params, 'Embed_0': {'embedding': jnp.zeros_like(params['Embed_0']['embedding'])}}
+  delta = (run.module.apply(run.variables, tokens)[0, target]
+           - run.module.apply({**run.variables, 'params': zero}, tokens)[0, target])
+  np.testing.assert_allclose(sum(record['heat']), delta, rtol=1e-3, atol=1e-5)
+  for suffix in ('png', 'html'):
+    assert os.path.getsize(os.path.join(out, f'integrated_gradients.{suffix}')) > 200
