@@ -2,6 +2,7 @@
 help and whether it may change when a run resumes. Tasks add their own (data.name, ...), and
 so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
+from jaxmodels.explain.run_report import SaliencyReport
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
 from jaxmodels.tasks.init_from import InitFrom
 from jaxmodels.tasks.sample_predictions import SamplePredictions
@@ -100,4 +101,5 @@ RUN_SCHEMA = Schema({
 })
 
 # The extensions every run applies, in order (see spec.Extension).
-EXTENSIONS = (InitFrom(), QuantizationAware(), MagnitudePruning(), SamplePredictions())
+EXTENSIONS = (InitFrom(), QuantizationAware(), MagnitudePruning(), SamplePredictions(),
+              SaliencyReport())
