@@ -187,7 +187,9 @@ def main() -> None:
   parser.add_argument('--json', default=None, help='also write the results here')
   args = parser.parse_args()
   images = test_images(args.images)
-  bodies = [json.dumps({'inputs': image.tolist(), 'top_k': 3}).encode() for image in images]
+  # A grayscale image as rows of pixels (H, W), the way a client writes one.
+  pixels = images[..., 0] if images.shape[-1] == 1 else images
+  bodies = [json.dumps({'inputs': image.tolist(), 'top_k': 3}).encode() for image in pixels]
   results = {'clients': args.clients, 'seconds': args.seconds, 'cpu': cpu_model()}
   results['batching'] = serve_and_load(
       args.artifact, bodies, args.clients, args.seconds, '--max-batch-size',
