@@ -54,7 +54,7 @@ def run_sweep(task, config, schema, sweep_dir: str, dimensions: list[Dimension],
   if mode not in MODES:
     raise ConfigError(f'sweep mode {mode!r}: choose one of {", ".join(MODES)}', key='sweep')
   if not dimensions:
-    raise ConfigError('a sweep needs at least one --sweep.KEY=VALUES', key='sweep')
+    raise ConfigError('a sweep needs at least one swept config key and its values', key='sweep')
   for dimension in dimensions:
     try:
       schema.check_key(dimension.key)
@@ -97,7 +97,7 @@ def _check_plan(sweep_dir: str, plan: dict) -> None:
     with open(path, encoding='utf-8') as f:
       if json.load(f) != plan:
         raise ConfigError(f'{sweep_dir} holds a different sweep ({PLAN_FILE}): resume it with '
-                          'the same sweep flags, or choose another --workdir', key='workdir')
+                          'the same keys and values, or choose another workdir', key='workdir')
     return
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(plan, f, indent=2)
