@@ -1,6 +1,8 @@
 """Distillation into a small CNN on Fashion-MNIST: the three-conv CNN at (16, 32, 32) with a
 32-unit dense layer (23k params, 1/30 of the seed SmallCNN), batch-norm, flips; the loss
-mixes T^2 KL at T = 4 (weight 0.9) with the label cross-entropy (0.1).
+mixes T^2 KL at T = 4 (weight 0.9) with the label cross-entropy (0.1). The teacher is
+the default Fashion-MNIST recipe's run (10 epochs, 0.9266): the student reaches 0.9027 and
+0.9067 test accuracy at seeds 0 and 1, against 0.8986 and 0.9027 on the labels alone.
 
   labels   the same student and recipe on the labels alone (distill.alpha = 0): the baseline.
 """
