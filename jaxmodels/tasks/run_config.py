@@ -3,6 +3,7 @@ help and whether it may change when a run resumes. Tasks add their own (data.nam
 so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
+from jaxmodels.tasks.finetune import FineTune
 from jaxmodels.tasks.init_from import InitFrom
 from jaxmodels.tasks.sample_predictions import SamplePredictions
 from jaxmodels.train.guards import NAN_POLICIES
@@ -100,4 +101,5 @@ RUN_SCHEMA = Schema({
 })
 
 # The extensions every run applies, in order (see spec.Extension).
-EXTENSIONS = (InitFrom(), QuantizationAware(), MagnitudePruning(), SamplePredictions())
+EXTENSIONS = (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(),
+              SamplePredictions())
