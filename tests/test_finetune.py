@@ -40,7 +40,7 @@ def test_frozen_params_stay_bit_identical_and_carry_no_optimiser_state():
   module = BertClassifier(**BERT)
   model = jm.linen_model(module)
   config = _config(freeze='bert/(encoder/layer0|token_embed)')
-  tx = FineTune().optimizer(config, optax.adamw(1e-2, weight_decay=0.1))
+  tx = FineTune().optimizer(config, optax.adamw(1e-2, weight_decay=0.1), 1)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(1), TOKENS)
   before = _flat(state.params)
   frozen = {p for p in before if p.startswith(('bert/encoder/layer0/', 'bert/token_embed/'))}

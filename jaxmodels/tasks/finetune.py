@@ -58,7 +58,8 @@ class FineTune(Extension):
     lora = config.finetune.lora
     return finetune.with_lora(module, lora.rank, lora.alpha, lora.modules) if lora.rank else module
 
-  def optimizer(self, config, tx):
+  def optimizer(self, config, tx, steps_per_epoch: int):
+    del steps_per_epoch
     if _active(config):
       tx = finetune.freeze(tx, lambda path: is_frozen(config, path))
     if config.finetune.layer_decay != 1.0:
