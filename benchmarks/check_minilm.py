@@ -56,7 +56,7 @@ def jaxmodels_embeddings(directory: str, length: int = 128):
 def transformers_embeddings(directory: str, tokens: np.ndarray):
   import torch
   from transformers import AutoModel
-  model = AutoModel.from_pretrained(directory, torch_dtype=torch.float32).eval()
+  model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
   mask = tokens != 0
   with torch.no_grad():
     hidden = model(input_ids=torch.as_tensor(tokens, dtype=torch.long),

