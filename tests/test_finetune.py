@@ -140,3 +140,38 @@ def test_real_minilm_embeddings_match_transformers():
   cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1)
                                         * np.linalg.norm(reference, axis=1))
   assert cosine.min() >= 0.99999
+
+
+@pytest.mark.parametrize('damage', ['missing tensor', 'unsupported architecture'])
+def test_a_bad_pretrained_directory_stops_the_run_before_anything_is_saved(tmp_path, damage):
+  """init_from=hf:DIR fails in the Extension's initialize hook, which runs on the fresh state
+  before the first checkpoint: one CheckpointError line, and nothing written."""
+  import json
+  import os
+  import shutil
+
+  from safetensors.numpy import load_file, save_file
+
+  from jaxmodels import pretrained
+  from jaxmodels.tasks.init_from import InitFrom
+  source = os.path.join(os.path.dirname(__file__), 'fixtures', 'hf', 'bert')
+  target = tmp_path / 'bert'
+  shutil.copytree(source, target)
+  _, arguments = pretrained.pretrained_model(str(target), num_classes=3, dropout=0.0)
+  if damage == 'missing tensor':
+    tensors = load_file(target / 'model.safetensors')
+    del tensors['bert.encoder.layer.0.attention.self.query.weight']
+    save_file(tensors, target / 'model.safetensors')
+  else:
+    config_json = json.loads((target / 'config.json').read_text())
+    (target / 'config.json').write_text(json.dumps({**config_json, 'model_type': 'llama'}))
+  config = _config()
+  config.init_from = f'hf:{target}'
+  module = BertClassifier(**arguments)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  state = jm.create_train_state(jm.linen_model(module), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                tokens)
+  with pytest.raises(jm.CheckpointError) as error:
+    InitFrom().initialize(config, module, state)
+  assert '\n' not in str(error.value)
+  assert sorted(os.listdir(tmp_path)) == ['bert']
