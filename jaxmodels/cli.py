@@ -3,6 +3,7 @@
     python experiments/mnist.py [--config=FILE.py[:VARIANT]] [--config.KEY=VALUE ...]
                                 [--workdir=DIR] [--coordinator_address=HOST:PORT
                                 --num_processes=N --process_id=I] [--compilation_cache=DIR]
+                                [--sweep=grid|random|optuna --sweep.KEY=SPEC ...]
 
 The config file's `get_config()` (or `get_config(VARIANT)`) gives the config; each
 override is parsed as the type of the field it sets and checked against the task's
@@ -65,7 +66,10 @@ def apply_overrides(config, schema, overrides: list[tuple[str, str]]) -> None:
 
 
 def _flag_of(key: str) -> str:
-  return {'workdir': '--workdir', 'config': '--config'}.get(key, f'--config.{key}')
+  if key.startswith('sweep.'):
+    return f'--{key}'
+  return {'workdir': '--workdir', 'config': '--config', 'sweep': '--sweep',
+          'sweep_metric': '--sweep_metric'}.get(key, f'--config.{key}')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,18 +87,26 @@ def _parser(default_workdir: str, config_file: str) -> argparse.ArgumentParser:
   parser.add_argument('--num_processes', type=int)
   parser.add_argument('--process_id', type=int)
   parser.add_argument('--compilation_cache')
+  parser.add_argument('--sweep')
+  parser.add_argument('--sweep_trials', type=int, default=8)
+  parser.add_argument('--sweep_metric')
+  parser.add_argument('--sweep_seed', type=int, default=0)
   return parser
 
 
-def _overrides(rest: list[str]) -> list[tuple[str, str]]:
-  """(key, text) for each --config.KEY=VALUE (or --config.KEY VALUE) in `rest`."""
+def _overrides(rest: list[str], prefix: str = '--config.') -> list[tuple[str, str]]:
+  """(key, text) for each --config.KEY=VALUE (or --config.KEY VALUE) in `rest`; with another
+  prefix (--sweep.), those flags instead, leaving the rest to the first call."""
   from jaxmodels.errors import ConfigError
   out, i = [], 0
   while i < len(rest):
     arg = rest[i]
-    if not arg.startswith('--config.'):
-      raise ConfigError(f'unknown argument {arg!r}: see --help')
-    key, equals, text = arg[len('--config.'):].partition('=')
+    if not arg.startswith(prefix):
+      if prefix == '--config.' and not arg.startswith('--sweep.'):
+        raise ConfigError(f'unknown argument {arg!r}: see --help')
+      i += 1
+      continue
+    key, equals, text = arg[len(prefix):].partition('=')
     if not equals:
       if i + 1 == len(rest):
         raise ConfigError(f'{arg} needs a value: {arg}=VALUE', key=key)
@@ -102,6 +114,13 @@ def _overrides(rest: list[str]) -> list[tuple[str, str]]:
     out.append((key, text))
     i += 1
   return out
+
+
+def parsed_overrides(config, overrides) -> dict:
+  """{key: the value it now has in config} for the (key, text) overrides just applied."""
+  from jaxmodels.schema import flatten
+  values = flatten(config)
+  return {k: values[k] for k in dict(overrides)}
 
 
 def usage(doc: str, default_workdir: str, config, schema) -> str:
@@ -117,10 +136,33 @@ def usage(doc: str, default_workdir: str, config, schema) -> str:
       '                        TPU pods and SLURM jobs need none of them).',
       '  --compilation_cache=DIR  persistent compilation cache (default',
       '                        $JAXMODELS_COMPILATION_CACHE or ~/.cache/jaxmodels/xla; off: none).',
+      '  --sweep=grid|random|optuna  a hyper-parameter sweep: each trial is a run in',
+      '                        WORKDIR/trial_NNNN; run the same command again to resume it.',
+      '  --sweep.KEY=SPEC      a swept config field: values V1,V2,... or, for random and',
+      '                        optuna, a range log:LOW:HIGH, uniform:LOW:HIGH or int:LOW:HIGH.',
+      '  --sweep_trials=N      trials of a random or optuna sweep (default 8).',
+      '  --sweep_metric=NAME   the validation metric compared (default checkpoint.best_metric,',
+      '                        the way checkpoint.best_mode says); optuna prunes on it.',
+      '  --sweep_seed=N        the random and TPE samplers\' seed (default 0).',
       '', 'config fields (the values this config sets):', schema.describe(config), '',
       f'exit codes: 0 done; {EXIT_BAD_INPUT} bad input; {EXIT_DIVERGED} the loss became NaN/inf; '
       f'{EXIT_PREEMPTED} preempted after saving (run again to resume); {EXIT_INTERRUPTED} '
       'interrupted.'])
+
+
+def _sweep(task, config, schema, args, specs) -> None:
+  from jaxmodels import sweep
+  from jaxmodels.errors import ConfigError
+  if not args.sweep:
+    raise ConfigError('--sweep.KEY flags need --sweep=grid, random or optuna', key='sweep')
+  metric = args.sweep_metric or config.checkpoint.best_metric
+  direction = 'maximize' if config.checkpoint.best_mode == 'max' else 'minimize'
+  if args.sweep_metric and args.sweep_metric != config.checkpoint.best_metric:
+    direction = 'minimize' if 'loss' in metric else 'maximize'
+  sweep.run_sweep(task, config, schema, args.workdir,
+                  [sweep.parse_dimension(key, spec) for key, spec in specs], mode=args.sweep,
+                  trials=args.sweep_trials, metric=metric, direction=direction,
+                  seed=args.sweep_seed)
 
 
 def run(task, experiment_file: str) -> None:
@@ -153,9 +195,10 @@ def run(task, experiment_file: str) -> None:
     enable_compilation_cache(args.compilation_cache)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
-    from jaxmodels.schema import flatten
-    values = flatten(config)
-    runner.run(task, config, args.workdir, overrides={k: values[k] for k, _ in overrides})
+    if args.sweep or _overrides(rest, '--sweep.'):
+      _sweep(task, config, schema, args, _overrides(rest, '--sweep.'))
+    else:
+      runner.run(task, config, args.workdir, overrides=parsed_overrides(config, overrides))
   except USER_ERRORS as e:
     flag = f' (set with {_flag_of(e.key)}=...)' if getattr(e, 'key', None) else ''
     print(f'error: {e}{flag}', file=sys.stderr)

@@ -16,6 +16,9 @@ COMMANDS['quantize'] = ('jaxmodels.compress.quantize_command',
                         'int8 post-training quantisation of a finished run')
 COMMANDS['prune-channels'] = ('jaxmodels.compress.prune_command',
                               'structured channel pruning of a finished CNN run into a new run')
+COMMANDS['explain'] = ('jaxmodels.explain.command',
+                       "what a finished run's model looks at: saliency, integrated gradients, "
+                       'Grad-CAM, attention maps')
 
 
 def main(argv=None) -> int:

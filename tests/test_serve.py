@@ -89,7 +89,7 @@ def test_bad_requests_get_4xx_json_and_the_server_goes_on(deployed, server):
       ('POST', '/predict', {'inputs': [[['a'] * 8] * 8]}, 422),  # wrong dtype
       ('POST', '/predict', {'inputs': [[[None] * 8] * 8]}, 422),  # nulls
       ('POST', '/predict', {'inputs': [[[300] * 8] * 8]}, 422),  # out of range
-      ('POST', '/predict', b'{"inputs": [[[NaN, 0, 0, 0, 0, 0, 0, 0]]]}', 422),  # NaN
+      ('POST', '/predict', b'{"inputs": [[[NaN, 0, 0, 0, 0, 0, 0, 0]]]}', 400),  # JSON has no NaN
       ('POST', '/predict', {'inputs': [[[0] * 8] * 8, [[0] * 7] * 8]}, 422),  # ragged
       ('POST', '/predict', {'inputs': []}, 422),  # no examples
       ('POST', '/predict', {'inputs': good, 'top_k': 0}, 422),
@@ -185,3 +185,15 @@ def test_serve_load_benchmark_runs(deployed, tmp_path):
     assert load[name]['compilations_after_warmup'] == 0
   assert load['one_at_a_time']['mean_batch_size'] == 1
   assert [r['batch_size'] for r in load['in_process']] == [1, 8]
+
+
+def test_other_commands_work_without_the_web_stack(monkeypatch, capsys):
+  """The base install has no FastAPI: every command's parser still builds, and `serve` says
+  in one line which extra it needs."""
+  from jaxmodels import console
+  for name in ('fastapi', 'orjson', 'uvicorn', 'jaxmodels.serve.app'):
+    monkeypatch.setitem(sys.modules, name, None)
+  assert console.main(['serve', 'exported/nowhere']) == 2
+  message = capsys.readouterr().err.strip()
+  assert message.startswith('error: serve needs the web stack') and '.[serve]' in message
+  assert '\n' not in message

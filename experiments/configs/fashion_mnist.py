@@ -4,6 +4,10 @@
                  random flips, label smoothing; AdamW warmup-cosine, 10 epochs. Measured
                  on a 2-core CPU: 0.931 test accuracy (the seed recipe reaches 0.9175).
   vit            a small ViT on 4x4 patches (7x7 = 49 tokens), AdamW, 20 epochs.
+  mlp            a wide MLP (784-4096-4096-4096-10, 147 MB of float32 weights), dropout,
+                 AdamW, 3 epochs. A batch-1 call reads every weight, a batch-64 call
+                 reads them once for 64 images: the model serve_load.py's batching
+                 figure is measured on (see benchmarks/README.md).
   fast           the seed SmallCNN with flips and label smoothing, AdamW warmup-cosine,
                  10 epochs: 0.926 test accuracy in 82 s end to end on a 2-core CPU
                  (benchmarks/cpu_cnn.py measures it).
@@ -12,8 +16,9 @@ from jaxmodels.tasks import image_classification, runner
 
 
 def get_config(variant: str = 'cnn'):
-  if variant not in ('cnn', 'vit', 'fast'):
-    raise ValueError(f"unknown fashion_mnist variant {variant!r}; choose 'cnn', 'vit' or 'fast'")
+  if variant not in ('cnn', 'vit', 'mlp', 'fast'):
+    raise ValueError(f"unknown fashion_mnist variant {variant!r}; choose 'cnn', 'vit', 'mlp' or "
+                     "'fast'")
   config = runner.default_config(image_classification.TASK)
   config.data.name = 'fashion_mnist'
   config.model = dict(name='three_conv_cnn', widths=(64, 128, 128), dense=128, batch_norm=True,
@@ -30,6 +35,11 @@ def get_config(variant: str = 'cnn'):
     config.optimizer.weight_decay = 0.05
     config.optimizer.clip_norm = 1.0
     config.train.num_epochs = 20.0
+  if variant == 'mlp':
+    config.model = dict(name='mlp', hidden=(4096, 4096, 4096), dropout=0.2)
+    config.augment.flip = False
+    config.optimizer.learning_rate = 1e-3
+    config.train.num_epochs = 3.0
   if variant == 'fast':
     config.model = dict(name='small_cnn')
     config.optimizer.learning_rate = 2e-3

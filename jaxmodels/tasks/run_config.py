@@ -2,6 +2,7 @@
 help and whether it may change when a run resumes. Tasks add their own (data.name, ...), and
 so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
+from jaxmodels.explain.run_report import SaliencyReport
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
 from jaxmodels.tasks.finetune import FineTune
 from jaxmodels.tasks.init_from import InitFrom
@@ -102,4 +103,4 @@ RUN_SCHEMA = Schema({
 
 # The extensions every run applies, in order (see spec.Extension).
 EXTENSIONS = (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(),
-              SamplePredictions())
+              SamplePredictions(), SaliencyReport())

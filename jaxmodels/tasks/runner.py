@@ -100,10 +100,12 @@ def make_train_step(model, loss_fn, tx, metrics_fn, schedule, config, mesh):
   return train_lib.skip_nonfinite(step) if config.nan.policy == 'skip' else step
 
 
-def run(task: Task, config, workdir: str, overrides: dict | None = None) -> dict:
+def run(task: Task, config, workdir: str, overrides: dict | None = None,
+        callbacks=()) -> dict:
   """Trains, evaluates the test split once at the end, and writes logs, plots and the summary
   to workdir. Returns the summary. Runs again in the same workdir resume. overrides: the
-  config changes this run was asked for (the command line's), recorded in the summary."""
+  config changes this run was asked for (the command line's), recorded in the summary;
+  callbacks: more `fit` callbacks (a sweep's pruning)."""
   start = time.perf_counter()
   validate(task, config)
   parallel.assert_same_config(config)
@@ -165,7 +167,8 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None) -> dict
       eval_step = lambda state, batch: base_eval(state, eval_pre(batch))
       with report.create_writer(workdir, enabled=ctx.is_main) as ctx.writer:
         state, history, stopped = _fit(task, ctx, state, meta, train_step, eval_step,
-                                       train_split, val_split, total_steps, checkpointer)
+                                       train_split, val_split, total_steps, checkpointer,
+                                       callbacks)
         test_eval = train_lib.make_eval_step(model.apply, task.loss(config),
                                              task.metrics(data, True))
         test = train_lib.summarize(train_lib.Evaluator(
@@ -206,7 +209,7 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None) -> dict
 
 
 def _fit(task, ctx, state, meta, train_step, eval_step, train_split, val_split, total_steps,
-         checkpointer):
+         checkpointer, extra_callbacks=()):
   """(state, history, stopped early): fit with this run's callbacks and NaN policy; a run that
   stopped early before is not trained on, and ends at its best checkpoint."""
   config, train_cfg = ctx.config, ctx.config.train
@@ -214,7 +217,8 @@ def _fit(task, ctx, state, meta, train_step, eval_step, train_split, val_split, 
   stopped = bool(meta and meta.get('stopped_early'))
   callbacks = [train_lib.TerminateOnNaN(), Checkpoint(checkpointer),
                train_lib.LogWriter(ctx.writer, ctx.data.tokens_per_example), *task.callbacks(ctx),
-               *(cb for extension in EXTENSIONS for cb in extension.callbacks(ctx))]
+               *(cb for extension in EXTENSIONS for cb in extension.callbacks(ctx)),
+               *extra_callbacks]
   if val_split is not None:
     callbacks.append(train_lib.Evaluate(eval_step, val_split, every_steps=train_cfg.eval_every_steps,
                                         batch_size=train_cfg.eval_batch_size))

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from jaxmodels import data as data_lib
-from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_variables
+from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_meta, read_variables
 from jaxmodels.errors import CheckpointError
 from jaxmodels.finetune import merge_lora
 from jaxmodels.pretrained import TextTokenizer
@@ -57,6 +57,12 @@ class TrainedRun:
     if 'lora' in card['model']:  # A LoRA run: its adapters folded into plain kernels.
       variables['params'] = merge_lora(variables['params'], card['model']['lora']['alpha'])
     return cls(workdir, card, module, variables)
+
+  def config(self):
+    """The run's config (a ConfigDict), as saved with its result's checkpoint."""
+    import ml_collections
+    return ml_collections.ConfigDict(read_meta(checkpoint_dir(self.workdir),
+                                               self.card['step'])['config'])
 
   @property
   def class_names(self) -> list[str] | None:

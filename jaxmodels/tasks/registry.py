@@ -1,0 +1,29 @@
+"""Tasks by name (model.json's 'task'): each module of `jaxmodels.tasks` that defines a
+`TASK`. Commands that work on a finished run or start runs (explain, sweep) find the task
+here."""
+import importlib
+import importlib.util
+import pkgutil
+
+from jaxmodels import tasks
+from jaxmodels.errors import ConfigError
+from jaxmodels.tasks.spec import Task
+
+
+def task_names() -> list[str]:
+  """The names of the tasks in `jaxmodels.tasks` (each module with a `TASK`)."""
+  names = []
+  for info in pkgutil.iter_modules(tasks.__path__):
+    task = getattr(importlib.import_module(f'jaxmodels.tasks.{info.name}'), 'TASK', None)
+    if isinstance(task, Task):
+      names.append(task.name)
+  return sorted(names)
+
+
+def task_named(name: str) -> Task:
+  """The task called `name` (its module is `jaxmodels.tasks.<name>`); ConfigError if none."""
+  if name.isidentifier() and importlib.util.find_spec(f'jaxmodels.tasks.{name}') is not None:
+    task = getattr(importlib.import_module(f'jaxmodels.tasks.{name}'), 'TASK', None)
+    if isinstance(task, Task) and task.name == name:
+      return task
+  raise ConfigError(f'no task {name!r}; the tasks are {", ".join(task_names())}', key='task')
