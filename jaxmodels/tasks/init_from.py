@@ -1,30 +1,94 @@
-"""`init_from`: a run that starts from another run's params (fine-tuning)."""
+"""`init_from`: a run that starts from other weights (fine-tuning): another run's params, or
+a Hugging Face model directory ('hf:DIR': GPT-2, BERT or ViT, see `jaxmodels.pretrained`)."""
 import os
+import re
 
 import jax
+import numpy as np
+from flax import traverse_util
 
+from jaxmodels import pretrained
 from jaxmodels.checkpoint import Checkpointer, checkpoint_dir
-from jaxmodels.errors import CheckpointError
+from jaxmodels.errors import CheckpointError, ConfigError
+from jaxmodels.finetune import is_adapter
 from jaxmodels.schema import Field, Schema
 from jaxmodels.tasks.spec import Extension
+
+HF = 'hf:'
+
+
+def valid_regex(text: str) -> bool:
+  try:
+    re.compile(text)
+  except re.error:
+    return False
+  return True
+
+
+REGEX = dict(check=valid_regex, requirement='must be a valid regular expression')
+
+
+def _place(array: np.ndarray, like: jax.Array) -> jax.Array:
+  """A host array laid out as `like` (its sharding and dtype), on every process."""
+  array = np.asarray(array, like.dtype)
+  return jax.make_array_from_callback(array.shape, like.sharding, lambda index: array[index])
 
 
 class InitFrom(Extension):
   """Replaces the fresh params with those of `init_from`: a workdir, or its checkpoints/
-  directory (the newest checkpoint). Shapes must match; a resumed run ignores it."""
+  directory (the newest checkpoint), or 'hf:DIR'. Params matching `init_from_exclude` (a
+  new head) and LoRA adapters keep their fresh init; every other param must be there, in
+  its shape. A resumed run ignores it."""
   schema = Schema({
-      'init_from': Field('', 'A workdir (or its checkpoints/) whose params start this run '
-                         '(fine-tuning).', resumable=True),
+      'init_from': Field('', "Weights this run starts from (fine-tuning): a workdir (or its "
+                         "checkpoints/), or 'hf:DIR', a Hugging Face model directory "
+                         '(config.json + model.safetensors) of GPT-2, BERT or ViT whose '
+                         'config.json the model.* options must match.', resumable=True),
+      'init_from_exclude': Field('', 'Regex (searched in param paths such as head/kernel): '
+                                 'these params keep their fresh init instead (a new head).',
+                                 resumable=True, **REGEX),
   })
+
+  def model(self, config, module):
+    """For 'hf:DIR', checks that the model is the one its config.json describes."""
+    if not config.init_from.startswith(HF):
+      return module
+    name, arguments = pretrained.pretrained_model(config.init_from[len(HF):])
+    if config.model.name != name:
+      raise ConfigError(f'init_from={config.init_from!r} holds a {name} model: set '
+                        f'model.name={name}', key='model.name')
+    for key, value in arguments.items():
+      if key not in ('dropout', 'num_classes') and getattr(module, key) != value:
+        raise ConfigError(f'model.{key}={getattr(module, key)!r} does not match the '
+                          f'{value!r} of {config.init_from}: set model.{key}={value!r}',
+                          key=f'model.{key}')
+    return module
 
   def initialize(self, config, module, state):
     if not config.init_from:
       return state
-    source = config.init_from
-    source = checkpoint_dir(source) if os.path.isdir(checkpoint_dir(source)) else source
+    flat = traverse_util.flatten_dict(state.params, sep='/')
+    exclude = config.init_from_exclude
+    wanted = {path: leaf for path, leaf in flat.items()
+              if not is_adapter(path) and not (exclude and re.search(exclude, path))}
+    if config.init_from.startswith(HF):
+      loaded, notes = pretrained.load_params(config.init_from[len(HF):],
+                                             {p: leaf.shape for p, leaf in wanted.items()})
+      if jax.process_index() == 0:
+        for note in notes:
+          print(f'init_from: {note}', flush=True)
+      flat.update({path: _place(array, flat[path]) for path, array in loaded.items()})
+    else:
+      flat.update(traverse_util.flatten_dict(self._restore(config.init_from, wanted), sep='/'))
+    return state.replace(params=traverse_util.unflatten_dict(flat, sep='/'))
+
+  @staticmethod
+  def _restore(init_from: str, wanted: dict):
+    source = checkpoint_dir(init_from) if os.path.isdir(checkpoint_dir(init_from)) else init_from
     if not os.path.isdir(source):
-      raise CheckpointError(f'init_from={config.init_from!r} is not a directory of checkpoints',
+      raise CheckpointError(f'init_from={init_from!r} is not a directory of checkpoints',
                             key='init_from')
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            state.params)
-    return state.replace(params=Checkpointer(source).restore_params(abstract))
+    abstract = traverse_util.unflatten_dict({
+        path: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        for path, x in wanted.items()}, sep='/')
+    return Checkpointer(source).restore_params(abstract)

@@ -4,6 +4,7 @@ so do the extensions every run applies (`EXTENSIONS`)."""
 from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
 from jaxmodels.explain.run_report import SaliencyReport
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
+from jaxmodels.tasks.finetune import FineTune
 from jaxmodels.tasks.init_from import InitFrom
 from jaxmodels.tasks.sample_predictions import SamplePredictions
 from jaxmodels.train.guards import NAN_POLICIES
@@ -101,5 +102,5 @@ RUN_SCHEMA = Schema({
 })
 
 # The extensions every run applies, in order (see spec.Extension).
-EXTENSIONS = (InitFrom(), QuantizationAware(), MagnitudePruning(), SamplePredictions(),
-              SaliencyReport())
+EXTENSIONS = (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(),
+              SamplePredictions(), SaliencyReport())

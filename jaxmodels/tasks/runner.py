@@ -178,6 +178,7 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None,
         extra = task.report(ctx, test)
         for extension in EXTENSIONS:
           extra.update(extension.report(ctx, test))
+        model_card = extra.pop('model_card', {})  # Extensions' notes for model.json's model.
         ctx.writer.write_scalars(int(state.step), {f'test/{k}': v for k, v in test.items()
                                                   if np.ndim(v) == 0})
     finally:
@@ -199,7 +200,8 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None,
   if ctx.is_main:
     report.plot_history(history, os.path.join(workdir, 'training_curves.png'))
     write_card(workdir, {'task': task.name, 'dataset': data.dataset, 'step': int(state.step),
-                         'model': {'name': config.model.name, 'arguments': arguments},
+                         'model': {'name': config.model.name, 'arguments': arguments,
+                                   **model_card},
                          'inputs': ctx.input_spec, 'test': summary['test'],
                          'class_names': list(data.info.get('class_names', [])) or None})
     print(report.write_summary(workdir, summary), flush=True)

@@ -1,12 +1,13 @@
 """Text classification: tfds `imdb_reviews`, or one text file per class (by default Debian's
-fortunes categories) -> cleaning -> word ids -> BiLSTM or BERT-style encoder -> test
-metrics, classification report and confusion matrix."""
+fortunes categories) -> word ids (or a pretrained tokenizer's) -> BiLSTM, BERT-style
+encoder or BERT -> test metrics, classification report and confusion matrix."""
 import os
 
 from jaxmodels import data as data_lib
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
 from jaxmodels.tasks import classification
 from jaxmodels.tasks.spec import Task, TaskData
+from jaxmodels.tasks.text_encoding import TextEncoder
 
 SCHEMA = classification.SCHEMA + Schema({
     'data.source': Field('auto', "'auto': data.local_dir, else tfds, else Debian's fortunes; "
@@ -21,6 +22,8 @@ SCHEMA = classification.SCHEMA + Schema({
     'data.max_length': Field(128, 'Tokens per example, [CLS] included.', **at_least(2)),
     'data.vocab_size': Field(20_000, 'Most frequent training words kept.', **at_least(4)),
     'data.min_count': Field(2, 'Words seen fewer times are unknown.', **at_least(1)),
+    'data.tokenizer': Field('', "A pretrained model's tokenizer.json (or its directory): texts "
+                            "are encoded by it as they are; '': a word vocabulary."),
 })
 
 
@@ -43,30 +46,28 @@ def read_texts(config):
 def load_data(config) -> TaskData:
   cfg = config.data
   train_texts, train_labels, test_texts, test_labels, names, source = read_texts(config)
-  clean = lambda texts: [data_lib.clean_text(t) for t in texts]
-  train_texts, test_texts, val = clean(train_texts), clean(test_texts), None
+  val = None
   if cfg.val_fraction:  # Held out before the vocabulary is built: it must not see them.
     train_texts, train_labels, val_texts, val_labels = data_lib.split_examples(
         train_texts, train_labels, cfg.val_fraction, config.seed)
-  vocab = data_lib.WordVocabulary(train_texts, cfg.vocab_size, cfg.min_count)
-  encode = lambda texts: vocab.encode(texts, cfg.max_length)
+  encoder = TextEncoder(config, train_texts)
   if cfg.val_fraction:
-    val = (encode(val_texts), val_labels)
-  return TaskData((encode(train_texts), train_labels), (encode(test_texts), test_labels), source,
+    val = (encoder.encode(val_texts), val_labels)
+  return TaskData((encoder.encode(train_texts), train_labels),
+                  (encoder.encode(test_texts), test_labels), source,
                   cfg.tfds_name if source.startswith('tfds') else 'labelled texts', val=val,
-                  info={'class_names': names, 'vocab_size': vocab.size, 'words': vocab.words},
-                  description=f'word vocabulary of {vocab.size} from {len(train_texts)} texts',
+                  info={'class_names': names, **encoder.info}, description=encoder.description,
                   tokens_per_example=cfg.max_length)
 
 
-TASK = Task('text_classification', SCHEMA, ('lstm', 'bert'), load_data,
+TASK = Task('text_classification', SCHEMA, ('lstm', 'bert', 'bert_classifier'), load_data,
             model_kwargs=lambda config, data: {'num_classes': len(data.info['class_names']),
                                                'vocab_size': data.info['vocab_size'],
+                                               'pad_id': data.info['pad_id'],
                                                'max_length': config.data.max_length},
             loss=classification.loss, metrics=classification.metrics,
             report=classification.report_scores,
-            inputs=lambda config, data: {'kind': 'words', 'vocabulary': data.info['words'],
-                                         'max_length': config.data.max_length},
+            inputs=lambda config, data: data.info['input_spec'],
             defaults={'model.name': 'lstm', 'train.batch_size': 64, 'train.num_epochs': 8.0,
                       'train.log_every_steps': 50, 'train.eval_batch_size': 256,
                       'train.steps_per_dispatch': 1, 'optimizer.learning_rate': 2e-3,

@@ -16,6 +16,8 @@ import jax
 from jaxmodels import data as data_lib
 from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_meta, read_variables
 from jaxmodels.errors import CheckpointError
+from jaxmodels.finetune import merge_lora
+from jaxmodels.pretrained import TextTokenizer
 from jaxmodels.tasks.spec import build_module
 
 MODEL_CARD = 'model.json'
@@ -52,6 +54,8 @@ class TrainedRun:
       card = json.load(f)
     module = build_module(card['model']['name'], card['model']['arguments'])
     variables = read_variables(checkpoint_dir(workdir), step or card['step'])
+    if 'lora' in card['model']:  # A LoRA run: its adapters folded into plain kernels.
+      variables['params'] = merge_lora(variables['params'], card['model']['lora']['alpha'])
     return cls(workdir, card, module, variables)
 
   def config(self):
@@ -67,11 +71,14 @@ class TrainedRun:
   def model_inputs(self, raw):
     """Raw inputs -> what the model takes: images (N, H, W, C) in 0..255 are normalised as
     in training (`data.to_model_inputs`, jit-able); texts of a word-level classifier are
-    cleaned and encoded with the run's vocabulary; token ids pass through."""
+    cleaned and encoded with the run's vocabulary, or by the run's pretrained tokenizer
+    (tokenizer.json, recorded whole in model.json); token ids pass through."""
     spec = self.card['inputs']
     if spec.get('kind') == 'words':
       vocab = data_lib.WordVocabulary.from_words(spec['vocabulary'])
       return vocab.encode([data_lib.clean_text(t) for t in raw], spec['max_length'])
+    if spec.get('kind') == 'tokenizer':
+      return TextTokenizer.from_spec(spec).encode(raw, spec['max_length'])
     return data_lib.to_model_inputs(spec, raw)
 
   def save(self, workdir: str) -> None:
