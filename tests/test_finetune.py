@@ -12,8 +12,10 @@ from flax import traverse_util
 import jaxmodels as jm
 from jaxmodels import finetune
 from jaxmodels.models import GPT, BertClassifier
-from jaxmodels.tasks import runner, text_classification
+from jaxmodels.tasks import image_classification, runner, text_classification
 from jaxmodels.tasks.finetune import FineTune
+from jaxmodels.tasks.init_from import InitFrom
+from jaxmodels.tasks.trained import TrainedRun
 
 BERT = dict(vocab_size=50, num_classes=3, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
             max_positions=12, dropout=0.0)
@@ -105,6 +107,41 @@ def test_layer_decay_scales_each_layer_below_the_head():
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = finetune.scale_by_layer_decay(0.5).update(grads, optax.EmptyState())
   assert float(updates['bert']['encoder']['layer0']['mlp']['Dense_0']['kernel'][0, 0]) == 0.25
+
+
+def test_transfer_from_another_run_with_a_new_head_and_a_frozen_stem(tmp_path):
+  """The README's vision transfer, small: a ViT run, then a run that starts from it
+  (init_from) with a fresh head (init_from_exclude) and its stem frozen."""
+  def config(**options):
+    config = runner.default_config(image_classification.TASK)
+    config.data.name = 'digits'
+    config.model = dict(name='vit', patch_size=4, num_layers=1, num_heads=2, embed_dim=16,
+                        mlp_dim=32, dropout=0.0)
+    config.train.update(num_steps=4, batch_size=16, eval_batch_size=400, progress=False)
+    config.update_from_flattened_dict(options)
+    return config
+
+  runner.run(image_classification.TASK, config(), str(tmp_path / 'source'))
+  source = _flat(TrainedRun.load(str(tmp_path / 'source')).variables['params'])
+  stem = 'patch_embed|position_embedding|^cls'
+  tuned = config(**{'init_from': str(tmp_path / 'source'), 'init_from_exclude': 'head',
+                    'finetune.freeze': stem, 'seed': 1})
+  # At the start: every param but the head is the source's; the head is the fresh init.
+  module = image_classification.TASK.build_model(tuned, image_classification.TASK.load_data(tuned))
+  fresh = jm.create_train_state(jm.linen_model(module), optax.sgd(0.1), jax.random.PRNGKey(1),
+                                np.zeros((1, 8, 8, 1), np.float32))
+  start = _flat(InitFrom().initialize(tuned, module, fresh).params)
+  for path, value in start.items():
+    expected = _flat(fresh.params)[path] if path.startswith('head/') else source[path]
+    np.testing.assert_array_equal(value, expected, err_msg=path)
+  # After training: the stem is still the source's, bit for bit; the rest has moved.
+  summary = runner.run(image_classification.TASK, tuned, str(tmp_path / 'tuned'))
+  after = _flat(TrainedRun.load(str(tmp_path / 'tuned')).variables['params'])
+  frozen = {p for p in after if p.startswith(('patch_embed/', 'position_embedding', 'cls'))}
+  assert len(frozen) == 4
+  for path in after:
+    assert np.array_equal(after[path], source[path]) == (path in frozen), path
+  assert summary['finetune']['frozen_params'] == sum(after[p].size for p in frozen)
 
 
 @pytest.mark.parametrize('options, key', [
