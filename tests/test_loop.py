@@ -35,7 +35,7 @@ def _assert_same_bits(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_bits():
+def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_result():
   data = _data()  # 96 examples: 6 steps of 16 per epoch.
   _, state, step, _ = _setup()
   kw = dict(batch_size=16, progress=False, data_rng=jax.random.PRNGKey(1))
@@ -46,7 +46,10 @@ def test_epochs_and_steps_agree_and_steps_per_dispatch_keeps_the_bits():
                         log_every_steps=12, **kw)
   assert int(by_epochs.step) == int(by_steps.step) == 24
   assert h.dispatch_sizes == (1,) and h5.dispatch_sizes == (1, 5)  # 5 steps ran in one call.
-  _assert_same_bits(by_epochs.params, by_steps.params)
+  # The same steps on the same batches. Not always the same bits: XLA may contract a
+  # multiply-add differently in a 5-step program (seen on an AVX-512 Xeon: 1 ulp).
+  for x, y in zip(jax.tree.leaves(by_epochs.params), jax.tree.leaves(by_steps.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
   assert [r['step'] for r in h.train] == [4, 8, 12, 16, 20, 24]
   assert h.train[-1]['loss'] < h.train[0]['loss']
   assert h.compile_seconds > 0 and h.examples_per_sec > 0
@@ -140,9 +143,10 @@ def test_fit_compiles_through_the_public_parallel_api(monkeypatch):
 def test_automatic_steps_per_dispatch():
   from jaxmodels import parallel
   one = parallel.single_device_mesh()
-  assert jm.train.auto_steps_per_dispatch(64, one) == 4
-  assert jm.train.auto_steps_per_dispatch(512, one) == 1  # A long step, already unrolled.
-  assert jm.train.auto_steps_per_dispatch(512, parallel.make_mesh({'data': 8})) == 4
+  eight = parallel.make_mesh({'data': 8})
+  assert jm.train.auto_steps_per_dispatch(64, one) == 1  # CPU: a cheaper compile, same speed.
+  assert jm.train.auto_steps_per_dispatch(512, eight) == 4
+  assert jm.train.auto_steps_per_dispatch(2048, eight) == 1  # A long step, already unrolled.
 
 
 def test_every_example_trains_whatever_the_device_count():

@@ -97,3 +97,33 @@ def test_automatic_micro_batches_on_one_cpu_device_for_models_without_batch_stat
   assert step_module.auto_micro_batches({'inputs': np.zeros((128, 2))}, {}) == 1
   assert step_module.auto_micro_batches({'inputs': np.zeros((200, 2))}, {}) == 1  # Uneven.
   assert step_module.auto_micro_batches(batch, {}, axis_name='data') == 1
+
+
+def test_micro_batches_run_in_turn_so_their_temporaries_do_not_add_up():
+  """On CPU the slices are unrolled into one program; each slice's activations must be gone
+  before the next starts, or slicing a batch saves no memory (and no cache)."""
+  model = jm.linen_model(SmallCNN())
+  tx = optax.adam(1e-3)
+  state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))
+
+  def temporaries(batch_size, micro_batches):
+    step = jm.make_train_step(model.apply, jm.classification_loss(), tx, micro_batches=micro_batches)
+    batch = {'inputs': jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32),
+             'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    compiled = jax.jit(step).lower(state, batch).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  two, eight = temporaries(64, 2), temporaries(256, 8)  # Slices of 32 either way.
+  assert eight < 1.25 * two, (two, eight)  # Side by side, 8 slices would need about 4x.
+
+
+def test_inputs_made_to_wait_for_gradients_keep_their_values_and_dtypes():
+  from jaxmodels.train.step import _after
+  grads = {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}
+  batch = {'inputs': {'tokens': jnp.arange(6, dtype=jnp.int32), 'pixels': -jnp.ones(4)},
+           'labels': jnp.arange(2)}
+  out = jax.jit(_after)(grads, batch)
+  for key, value in batch['inputs'].items():
+    assert out['inputs'][key].dtype == value.dtype
+    np.testing.assert_array_equal(out['inputs'][key], value)
+  assert out['labels'] is batch['labels'] or np.array_equal(out['labels'], batch['labels'])

@@ -154,10 +154,12 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
 
 def auto_steps_per_dispatch(batch_size: int, mesh: Mesh) -> int:
   """4 steps per call (the host's dispatch cost is paid once for several short steps), but 1
-  on CPU past 128 examples per device: such a step is long, and on CPU it is already
-  unrolled over its micro-batches (see `train.step.auto_micro_batches`)."""
+  on one CPU device, or on CPU past 128 examples per device. There the host dispatches ahead
+  of the device anyway, and XLA:CPU compiles k unrolled steps in k times the time: 2.3 s
+  against 0.8 s for the SmallCNN, the same images/s after it."""
   per_device = batch_size // max(mesh.size, 1)
-  return 1 if jax.default_backend() == 'cpu' and per_device > 128 else 4
+  cpu = jax.default_backend() == 'cpu'
+  return 1 if cpu and (mesh.size == 1 or per_device > 128) else 4
 
 
 _merge = jax.jit(merge)  # One dispatch for every metric leaf, not one per leaf.
