@@ -19,7 +19,7 @@ def mnist_layout(images: np.ndarray) -> np.ndarray:
 
 
 def load_digits(like_mnist: bool = False) -> ImageClassificationData:
-  """1,437 train / 360 test images, uint8 (N, 8, 8, 1) in [0, 255], from a fixed seeded split;
+  """1,438 train / 359 test images, uint8 (N, 8, 8, 1) in [0, 255], from a fixed seeded split;
   like_mnist: (N, 28, 28, 1) as `mnist_layout` gives them.
 
   scikit-learn stores 17 grey levels (0..16); they are scaled to 0..255.
