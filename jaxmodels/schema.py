@@ -12,6 +12,7 @@ takes any key; the code that reads it checks those.
 import ast
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,17 @@ def at_least(low, *, strict: bool = False) -> dict:
   if strict:
     return dict(check=lambda v: v > low, requirement=f'must be > {low}')
   return dict(check=lambda v: v >= low, requirement=f'must be >= {low}')
+
+
+def _compiles(text: str) -> bool:
+  try:
+    re.compile(text)
+  except re.error:
+    return False
+  return True
+
+
+REGEX = dict(check=_compiles, requirement='must be a valid regular expression')
 
 
 def share(*, zero_ok: bool = False) -> dict:

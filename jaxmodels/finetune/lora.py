@@ -31,6 +31,12 @@ def is_adapter(path: str) -> bool:
   return bool(ADAPTER.search(path))
 
 
+def kernel_modules(paths, count: int = 2) -> str:
+  """The first `count` module paths that hold a kernel, for messages: what `modules` matches."""
+  kernels = [p.rsplit('/', 1)[0] for p in paths if p.endswith('/kernel')]
+  return ', '.join(kernels[:count]) or 'none'
+
+
 def merge_lora(params, alpha: float):
   """Plain params: each kernel with adapters becomes W + (alpha / r) (A B) reshaped to W's
   shape (A: (prod of W's leading fan-in axes, r), B: (r, prod of the rest)); the

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmodels.finetune.lora import is_adapter
 from jaxmodels.parallel import leaf_path
 
 _LAYER = re.compile(r'(?:^|/)layer(\d+)/')
@@ -21,6 +22,28 @@ _EMBEDDING = re.compile(r'(?:^|/)(?:cls|[a-z_]*embed[a-z_]*)(?:/|$)')
 def path_labels(params, label: Callable[[str], str]):
   """The tree of `label(path)` for each leaf of `params`."""
   return jax.tree_util.tree_map_with_path(lambda path, _: label(leaf_path(path)), params)
+
+
+def frozen_rule(freeze: str = '', trainable: str = '', lora: bool = False
+                ) -> Callable[[str], bool]:
+  """`is_frozen(path)`: the param stays fixed if its path matches the `freeze` regex, or
+  `trainable` is set and the path does not match it, or LoRA is on (the base is frozen);
+  LoRA adapters always train."""
+  def is_frozen(path: str) -> bool:
+    if is_adapter(path):
+      return False
+    if freeze and re.search(freeze, path):
+      return True
+    return not re.search(trainable, path) if trainable else lora
+  return is_frozen
+
+
+def param_counts(params, opt_state, is_frozen: Callable[[str], bool]) -> dict:
+  """Trainable and frozen param counts, and the number of optimiser-state values."""
+  sizes = {leaf_path(path): x.size for path, x in jax.tree_util.tree_leaves_with_path(params)}
+  frozen = sum(size for path, size in sizes.items() if is_frozen(path))
+  return {'trainable_params': int(sum(sizes.values()) - frozen), 'frozen_params': int(frozen),
+          'optimizer_state_values': int(sum(x.size for x in jax.tree.leaves(opt_state)))}
 
 
 def freeze(tx: optax.GradientTransformation, is_frozen: Callable[[str], bool]

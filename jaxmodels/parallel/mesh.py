@@ -66,13 +66,19 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
   return NamedSharding(mesh, P(batch_axes(mesh), *([None] * (ndim - 1))))
 
 
+def place_global(host, sharding) -> jax.Array:
+  """A host array that every process holds whole, as one global array laid out by `sharding`
+  (each device takes its own block of it)."""
+  host = np.asarray(host)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def place_state(state, mesh: Mesh):
   """Leaves already on `mesh` keep their sharding; the others are replicated onto it."""
   def place(x):
     if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
       return x
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, replicated(mesh), lambda index: host[index])
+    return place_global(x, replicated(mesh))
 
   return jax.tree.map(place, state)
 

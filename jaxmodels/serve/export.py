@@ -2,9 +2,10 @@
 
 The inference function `f(weights, inputs) -> logits` (the model in inference mode, image
 normalisation inside) is exported with `jax.export` for a symbolic batch dimension and
-the platforms asked for; its weights go beside it as safetensors (no pickle), and
-`manifest.json` records what the function cannot do itself (decoding images, word
-tokenisation), the class names, the jax version and the training run with its test metrics.
+the platforms asked for; its weights go beside it as safetensors (plain arrays, nothing
+executable), and `manifest.json` records what the function cannot do itself (decoding
+images, word tokenisation), the class names, the jax version and the training run with its
+test metrics.
 """
 import datetime
 import importlib

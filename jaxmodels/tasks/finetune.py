@@ -2,33 +2,21 @@
 layer-wise learning-rate decay, as one Extension (see `jaxmodels.finetune`)."""
 import re
 
-import jax
 import optax
 from flax import traverse_util
 
 from jaxmodels import finetune
 from jaxmodels.errors import ConfigError
-from jaxmodels.schema import Field, Schema, at_least
-from jaxmodels.tasks.init_from import REGEX
+from jaxmodels.schema import REGEX, Field, Schema, at_least
 from jaxmodels.tasks.spec import Extension
 
 
-def is_frozen(config, path: str) -> bool:
-  """Whether the param at `path` stays fixed: it matches finetune.freeze, or finetune.trainable
-  is set and it does not match it, or LoRA is on and it is not an adapter (nor trainable)."""
+def _is_frozen(config):
+  """finetune.*'s `is_frozen(path)` rule, or None when nothing is frozen."""
   cfg = config.finetune
-  if finetune.is_adapter(path):
-    return False
-  if cfg.freeze and re.search(cfg.freeze, path):
-    return True
-  if cfg.trainable:
-    return not re.search(cfg.trainable, path)
-  return cfg.lora.rank > 0
-
-
-def _active(config) -> bool:
-  cfg = config.finetune
-  return bool(cfg.freeze or cfg.trainable or cfg.lora.rank)
+  if not (cfg.freeze or cfg.trainable or cfg.lora.rank):
+    return None
+  return finetune.frozen_rule(cfg.freeze, cfg.trainable, lora=cfg.lora.rank > 0)
 
 
 class FineTune(Extension):
@@ -60,8 +48,8 @@ class FineTune(Extension):
 
   def optimizer(self, config, tx, steps_per_epoch: int):
     del steps_per_epoch
-    if _active(config):
-      tx = finetune.freeze(tx, lambda path: is_frozen(config, path))
+    if is_frozen := _is_frozen(config):
+      tx = finetune.freeze(tx, is_frozen)
     if config.finetune.layer_decay != 1.0:
       tx = optax.chain(tx, finetune.scale_by_layer_decay(config.finetune.layer_decay))
     return tx
@@ -72,7 +60,7 @@ class FineTune(Extension):
     if cfg.lora.rank and not any(map(finetune.is_adapter, paths)):
       raise ConfigError(f'finetune.lora.modules={cfg.lora.modules!r} matches no layer of '
                         f'{config.model.name} (module paths look like '
-                        f'{_module_path_example(paths)})', key='finetune.lora.modules')
+                        f'{finetune.kernel_modules(paths)})', key='finetune.lora.modules')
     for key in ('freeze', 'trainable'):
       if cfg[key] and not any(re.search(cfg[key], p) for p in paths):
         raise ConfigError(f'finetune.{key}={cfg[key]!r} matches no param of '
@@ -81,19 +69,9 @@ class FineTune(Extension):
     return state
 
   def report(self, ctx, test):
-    if not _active(ctx.config):
+    if not (is_frozen := _is_frozen(ctx.config)):
       return {}
-    flat = traverse_util.flatten_dict(ctx.state.params, sep='/')
-    frozen = sum(x.size for p, x in flat.items() if is_frozen(ctx.config, p))
-    extra = {'finetune': {
-        'trainable_params': int(sum(x.size for x in flat.values()) - frozen),
-        'frozen_params': int(frozen),
-        'optimizer_state_values': int(sum(x.size for x in jax.tree.leaves(ctx.state.opt_state)))}}
+    extra = {'finetune': finetune.param_counts(ctx.state.params, ctx.state.opt_state, is_frozen)}
     if ctx.config.finetune.lora.rank:  # TrainedRun merges the adapters with this.
       extra['model_card'] = {'lora': {'alpha': ctx.config.finetune.lora.alpha}}
     return extra
-
-
-def _module_path_example(paths: list[str]) -> str:
-  kernels = [p.rsplit('/', 1)[0] for p in paths if p.endswith('/kernel')]
-  return ', '.join(kernels[:2]) or 'none'

@@ -11,27 +11,11 @@ from jaxmodels import pretrained
 from jaxmodels.checkpoint import Checkpointer, checkpoint_dir
 from jaxmodels.errors import CheckpointError, ConfigError
 from jaxmodels.finetune import is_adapter
-from jaxmodels.schema import Field, Schema
+from jaxmodels.parallel import place_global
+from jaxmodels.schema import REGEX, Field, Schema
 from jaxmodels.tasks.spec import Extension
 
 HF = 'hf:'
-
-
-def valid_regex(text: str) -> bool:
-  try:
-    re.compile(text)
-  except re.error:
-    return False
-  return True
-
-
-REGEX = dict(check=valid_regex, requirement='must be a valid regular expression')
-
-
-def _place(array: np.ndarray, like: jax.Array) -> jax.Array:
-  """A host array laid out as `like` (its sharding and dtype), on every process."""
-  array = np.asarray(array, like.dtype)
-  return jax.make_array_from_callback(array.shape, like.sharding, lambda index: array[index])
 
 
 class InitFrom(Extension):
@@ -77,7 +61,8 @@ class InitFrom(Extension):
       if jax.process_index() == 0:
         for note in notes:
           print(f'init_from: {note}', flush=True)
-      flat.update({path: _place(array, flat[path]) for path, array in loaded.items()})
+      flat.update({path: place_global(np.asarray(array, flat[path].dtype), flat[path].sharding)
+                   for path, array in loaded.items()})
     else:
       flat.update(traverse_util.flatten_dict(self._restore(config.init_from, wanted), sep='/'))
     return state.replace(params=traverse_util.unflatten_dict(flat, sep='/'))

@@ -48,10 +48,7 @@ def _after(tree, batch):
   slower). Inputs that depend on the previous slice's gradients keep the slices in turn.
   An optimization barrier would not do: XLA:CPU removes them before scheduling.
   """
-  leaves = jax.tree.leaves(tree)
-  if not leaves or 'inputs' not in batch:
-    return batch
-  total = sum(leaf.ravel()[0].astype(jnp.float32) for leaf in leaves)
+  total = sum(leaf.ravel()[0].astype(jnp.float32) for leaf in jax.tree.leaves(tree))
   nan = jnp.isnan(total)  # Always False for finite gradients; XLA cannot know that.
   return dict(batch, inputs=jax.tree.map(lambda x: x + nan.astype(x.dtype), batch['inputs']))
 
@@ -120,12 +117,12 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
       return grads_of_sum(state, batch, rngs)
 
     # Unrolled on CPU, where XLA runs convolution gradients slowly inside a while loop.
-    unroll = jax.default_backend() == 'cpu'
+    cpu = jax.default_backend() == 'cpu'
 
     def body(carry, micro):
       grads, model_state, metrics, count = carry
       i, micro_batch = micro
-      if unroll:
+      if cpu:
         micro_batch = _after(grads, micro_batch)
       micro_rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
       g, (model_state, m, c) = grads_of_sum(state.replace(model_state=model_state), micro_batch,
@@ -138,7 +135,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     carry = (zeros[0], state.model_state, zeros[1][1], zeros[1][2])
     (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro,
-                                                           unroll=True if unroll else 1)
+                                                           unroll=True if cpu else 1)
     return grads, (model_state, metrics, count)
 
   def train_step(state: TrainState, batch):
