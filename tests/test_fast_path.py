@@ -124,26 +124,76 @@ class UsersCNN(nn.Module):
     return nn.Dense(10)(x)
 
 
-def test_the_train_step_rewrites_a_users_nn_max_pool_with_the_same_numbers(monkeypatch):
-  """make_train_step swaps nn.max_pool's select-and-scatter gradient for layers.max_pool's:
-  one step (values, gradients, batch statistics, metrics) equals the unrewritten step."""
+def test_the_train_step_rewrites_a_users_nn_max_pool_and_first_conv_with_the_same_numbers(
+    monkeypatch):
+  """make_train_step swaps nn.max_pool's select-and-scatter gradient for layers.max_pool's
+  and the one-channel conv for layers.conv_few_inputs: one step (values, gradients, batch
+  statistics, metrics) equals the unrewritten step, to rounding (the conv sums in another
+  order). SGD keeps the update linear in the gradient: Adam would blow the rounding noise
+  of Conv_0's bias gradient (zero in exact arithmetic, batch-norm follows) up to +-lr."""
   from jaxmodels.train import step as step_module
   rng = np.random.default_rng(0)
   batch = {'inputs': np.maximum(rng.normal(size=(16, 12, 12, 1)), 0).astype(np.float32),
            'labels': rng.integers(0, 10, 16).astype(np.int32)}  # ReLU-style zeros: ties.
   model = jm.linen_model(UsersCNN())
-  tx = optax.adam(1e-2)
+  tx = optax.sgd(0.1)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), batch['inputs'][:1])
   make = lambda: jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
                                             jm.classification_metrics(10)))
   fast = make()
   monkeypatch.setattr(step_module, 'rewrite_max_pools', lambda fn: fn)
   reference = make()
-  scatters = lambda step: step.lower(state, batch).as_text().count('select_and_scatter')
-  assert scatters(reference) == 3 and scatters(fast) == 1  # The overlapping pool keeps its one.
+  count = lambda step, op: step.lower(state, batch).as_text().count(op)
+  assert count(reference, 'select_and_scatter') == 3
+  assert count(fast, 'select_and_scatter') == 1  # The overlapping pool keeps its one.
+  # Conv_0 (1 input channel) forward and kernel gradient are gone; Conv_1 (8) keeps 3.
+  assert count(reference, 'stablehlo.convolution') == 5
+  assert count(fast, 'stablehlo.convolution') == 3
   (new_fast, m_fast), (new_ref, m_ref) = fast(state, batch), reference(state, batch)
   for a, b in zip(jax.tree.leaves((new_fast, m_fast)), jax.tree.leaves((new_ref, m_ref))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  moved = lambda new: new.params['Conv_0']['kernel'] - state.params['Conv_0']['kernel']
+  np.testing.assert_allclose(moved(new_fast), moved(new_ref), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('shape,kernel_shape,padding', [
+    ((3, 28, 28, 1), (3, 3, 1, 32), 'VALID'),
+    ((2, 9, 11, 3), (3, 3, 3, 5), 'SAME'),
+    ((2, 8, 8, 2), (2, 4, 2, 3), ((1, 0), (2, 1))),
+])
+def test_conv_few_inputs_equals_lax_conv_in_value_and_gradients(shape, kernel_shape, padding):
+  """The rewritten convolution against lax.conv_general_dilated: outputs, kernel and input
+  gradients, under an arbitrary cotangent; and the rewrite does replace it."""
+  from jaxmodels.models.fast_path import rewrite_max_pools
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  fast = rewrite_max_pools(conv)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), conv(x, kernel).shape)
+  grads = lambda fn: jax.grad(lambda x, k: jnp.sum(fn(x, k) * cotangent), argnums=(0, 1))(
+      x, kernel)
+  np.testing.assert_allclose(fast(x, kernel), conv(x, kernel), rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads(fast), grads(conv)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  ops = lambda fn: [e.primitive.name for e in jax.make_jaxpr(fn)(x, kernel).jaxpr.eqns]
+  assert 'conv_general_dilated' in ops(conv) and 'conv_general_dilated' not in ops(fast)
+
+
+def test_the_rewrite_leaves_wide_strided_and_low_precision_convolutions_alone():
+  from jaxmodels.models.fast_path import rewrite_max_pools
+  x = jnp.ones((2, 8, 8, 4))
+  cases = [(x, jnp.ones((3, 3, 4, 2)), (1, 1)),                       # 36 products > 27
+           (x[..., :1], jnp.ones((3, 3, 1, 2)), (2, 2)),              # strided
+           (x[..., :1].astype(jnp.bfloat16), jnp.ones((3, 3, 1, 2), jnp.bfloat16), (1, 1))]
+  for inputs, kernel, strides in cases:
+    conv = lambda x, k, s=strides: jax.lax.conv_general_dilated(
+        x, k, s, 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    jaxpr = jax.make_jaxpr(rewrite_max_pools(conv))(inputs, kernel).jaxpr
+    assert [e.primitive.name for e in jaxpr.eqns] == ['conv_general_dilated']
 
 
 def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():

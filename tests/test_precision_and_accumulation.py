@@ -92,7 +92,8 @@ def test_automatic_micro_batches_on_one_cpu_device_for_models_without_batch_stat
   batch = {'inputs': np.zeros((512, 8, 8, 1), np.float32)}
   assert step_module.auto_micro_batches(batch, {}) == 1  # 8 devices here: the mesh decides.
   monkeypatch.setattr(jax, 'device_count', lambda: 1)
-  assert step_module.auto_micro_batches(batch, {}) == 8   # Slices of 64.
+  assert step_module.auto_micro_batches(batch, {}) == 4   # Slices of 128.
+  assert step_module.auto_micro_batches({'inputs': np.zeros((192, 2))}, {}) == 3  # Of 64.
   assert step_module.auto_micro_batches(batch, {'batch_stats': {'mean': np.zeros(3)}}) == 1
   assert step_module.auto_micro_batches({'inputs': np.zeros((128, 2))}, {}) == 1
   assert step_module.auto_micro_batches({'inputs': np.zeros((200, 2))}, {}) == 1  # Uneven.

@@ -1,5 +1,6 @@
 """A jaxpr-level rewrite that gives models written with Flax's standard layers the fast
-max-pool gradient of `layers.max_pool`.
+max-pool gradient of `layers.max_pool` and the fast first-layer convolution of
+`layers.conv_few_inputs`.
 
 XLA differentiates a max-pool (`reduce_window_max`) with select-and-scatter, which
 XLA:CPU runs 5-20x slower than an elementwise formulation, and slower than the
@@ -10,15 +11,19 @@ stride, no padding: what `nn.max_pool(x, (k, k), strides=(k, k))` gives) replace
 Differentiating the result therefore never meets select-and-scatter. A `jax.nn.relu`
 whose result only feeds such a pool is moved after it (max-pool commutes with the ReLU,
 and the ReLU's zero derivative at 0 keeps the gradients equal, ties included), so the
-ReLU and its gradient touch a quarter of the values. Pools inside other higher-order
-primitives (remat, scan, custom derivatives) are left as they are.
+ReLU and its gradient touch a quarter of the values. A float32 NHWC convolution with
+stride 1 and at most MAX_PATCH products per output (a first layer on grey or RGB
+images) is computed by `layers.conv_few_inputs`: equal to float rounding, values and
+gradients. Pools and convolutions inside other higher-order primitives (remat, scan,
+custom derivatives) are left as they are.
 """
 import functools
 
 import jax
 import jax.extend.core as jex
+import jax.numpy as jnp
 
-from jaxmodels.models.layers import max_pool
+from jaxmodels.models.layers import conv_few_inputs, max_pool
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
 
@@ -33,6 +38,32 @@ def _pool_window(eqn) -> int | None:
            all(lo == hi == 0 for lo, hi in p['padding']))
   square = window[0] == window[3] == 1 and window[1] == window[2] > 1
   return window[1] if plain and square and window == strides else None
+
+
+MAX_PATCH = 27  # kh * kw * C up to a 3x3 RGB patch: where the broadcast formulation wins.
+
+
+def _few_input_conv(eqn) -> bool:
+  """Whether `eqn` is a float32 NHWC/HWIO 2-D convolution with stride 1, no dilation, no
+  groups, non-negative padding and at most MAX_PATCH products per output."""
+  if eqn.primitive.name != 'conv_general_dilated':
+    return False
+  lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+  if lhs.ndim != 4 or not lhs.dtype == rhs.dtype == jnp.float32:
+    return False
+  p = eqn.params
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  return (p['dimension_numbers'] == nhwc and p['feature_group_count'] == 1 and
+          p['batch_group_count'] == 1 and p['preferred_element_type'] in (None, jnp.float32) and
+          all(d == 1 for d in (*p['window_strides'], *p['lhs_dilation'], *p['rhs_dilation'])) and
+          all(lo >= 0 and hi >= 0 for lo, hi in p['padding']) and
+          rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_PATCH)
+
+
+def _conv(eqn, x, kernel):
+  """`eqn` (a `_few_input_conv`) by `layers.conv_few_inputs`, its padding as zeros."""
+  x = jnp.pad(x, ((0, 0), *eqn.params['padding'], (0, 0)))
+  return conv_few_inputs(x, kernel, eqn.params['precision'])
 
 
 def _is_jax_relu(eqn) -> bool:
@@ -75,6 +106,9 @@ def _evaluate(jaxpr, consts, *args):
                 else max_pool(x, window))
       env[eqn.outvars[0]] = pooled
       continue
+    if _few_input_conv(eqn):
+      env[eqn.outvars[0]] = _conv(eqn, *(read(v) for v in eqn.invars))
+      continue
     if _is_jax_relu(eqn):
       env[eqn.outvars[0]] = _DeferredRelu(read(eqn.invars[0]))
       continue
@@ -92,8 +126,9 @@ def _evaluate(jaxpr, consts, *args):
 
 
 def rewrite_max_pools(fn):
-  """`fn` with its non-overlapping 2-D max-pools computed by `layers.max_pool` (see the
-  module doc): the same values and gradients, without select-and-scatter. Arguments that
+  """`fn` with its non-overlapping 2-D max-pools computed by `layers.max_pool` and its
+  few-input convolutions by `layers.conv_few_inputs` (see the module doc): the same values
+  and gradients (to rounding for the convolutions), without select-and-scatter. Arguments that
   are not arrays (e.g. `train=True`) stay static. `fn` is traced once: its jaxpr is then
   evaluated, with or without substitutions."""
 

@@ -50,8 +50,8 @@ RUN_SCHEMA = Schema({
                                   **NOT_NEGATIVE),
     'train.micro_batches': _resumable(0, 'Accumulate gradients over this many slices of each '
                                       'batch: one update, the memory of one slice. 0: '
-                                      'automatic (slices of 64 on one CPU device, for models '
-                                      'without batch statistics).', **NOT_NEGATIVE),
+                                      'automatic (slices of 128 or 64 on one CPU device, for '
+                                      'models without batch statistics).', **NOT_NEGATIVE),
     'train.steps_per_dispatch': _resumable(0, 'Train steps run per call to the devices (0: '
                                            'automatic, see train.loop.auto_steps_per_dispatch).',
                                            **NOT_NEGATIVE),

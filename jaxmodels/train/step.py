@@ -53,20 +53,23 @@ def _after(tree, batch):
   return dict(batch, inputs=jax.tree.map(lambda x: x + nan.astype(x.dtype), batch['inputs']))
 
 
-CPU_SLICE = 64  # Examples per slice where a CPU's caches still hold a CNN's activations.
+CPU_SLICES = (128, 64)  # Slice sizes where a CPU's caches still hold a CNN's activations.
 
 
 def auto_micro_batches(batch, model_state, axis_name=None) -> int:
   """How many slices `make_train_step` accumulates over by default: on a single CPU device,
-  batches over 2 x CPU_SLICE split into slices of CPU_SLICE. XLA:CPU's convolutions slow
-  down per example once the activations leave the caches (twice as slow per image at 512
-  as at 64); the update is the same. Never for models with batch statistics (a slice
+  batches over 128 split into slices of 128, or of 64 if 128 does not divide them.
+  XLA:CPU's convolutions slow down per example once the activations leave the caches
+  (the SmallCNN: 7,200 img/s at batch 256 in one piece, 12,000 in two slices of 128); the
+  update is the same. Slices of 128 run as fast as slices of 64 and compile in two thirds
+  of the time (fewer unrolled copies). Never for models with batch statistics (a slice
   would see different ones), under a mesh, or elsewhere: 1."""
   size = jax.tree.leaves(batch)[0].shape[0]
   single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1 and axis_name is None
-  if single_cpu and not jax.tree.leaves(model_state) and size > 2 * CPU_SLICE and (
-      size % CPU_SLICE == 0):
-    return size // CPU_SLICE
+  if single_cpu and not jax.tree.leaves(model_state) and size > CPU_SLICES[0]:
+    for slice_size in CPU_SLICES:
+      if size % slice_size == 0:
+        return size // slice_size
   return 1
 
 
@@ -86,7 +89,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
   micro_batches: accumulate gradients over this many slices of the batch (a
     `lax.scan`), then update once; the update equals one step on the whole
     batch, with the activation memory of one slice. None: `auto_micro_batches`
-    (slices of 64 on a single CPU device, for models without batch statistics).
+    (slices of 128 or 64 on a single CPU device, for models without batch statistics).
   axis_name: mesh axis (or axes) to reduce over when the step runs per device
     under `jax.shard_map` (the pmap style): gradients are `lax.pmean`ed,
     metric sums `psum`ed and model state (batch statistics) `pmean`ed.
