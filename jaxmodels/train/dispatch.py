@@ -32,12 +32,13 @@ class StepRunner:
     self._epoch_indices = jax.jit(
         lambda rng, epoch: epoch_batch_indices(rng, epoch, data, batch_size))
     self._rng, self._epoch, self._indices = data_rng, None, None
-    indices = self._indices_for(0)
-    self._first_batch = take_batch(data.arrays, indices[0], mesh, data.axes)
+    # Shapes and shardings only: the indices are drawn while the step compiles (compile),
+    # and the live state's buffers are donated by the first dispatch.
+    indices = jax.eval_shape(self._epoch_indices, data_rng, 0)
+    indices_sharding = NamedSharding(mesh, P(None, data.axes))
     self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    self._data_shardings = (jax.tree.map(lambda x: x.sharding, data.arrays), indices.sharding,
+    self._data_shardings = (jax.tree.map(lambda x: x.sharding, data.arrays), indices_sharding,
                             NamedSharding(mesh, P()))
-    # Shapes only: the live state's buffers are donated by the first dispatch.
     self._shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                 (state, (data.arrays, indices, jnp.zeros((), jnp.int32))))
     self._compiled, self.compile_seconds, self.flops_per_step = {}, 0.0, None
@@ -73,18 +74,23 @@ class StepRunner:
     try:
       return jitted.lower(*self._shapes)
     except Exception as e:  # Flax and JAX raise many types for shape mismatches.
-      raise_batch_error(e, self._first_batch)
+      first_batch = take_batch(self._data.arrays, self._indices_for(0)[0], self._data.mesh,
+                               self._data.axes)
+      raise_batch_error(e, first_batch)
 
   def compile(self, sizes) -> None:
-    """Compiles the programs for these numbers of steps per call, at the same time: XLA
-    compiles a program on one core, so a second one costs no extra wall time here."""
+    """Compiles the programs for these numbers of steps per call, at the same time, and
+    draws the first epoch's batch order beside them: XLA compiles a program on one core,
+    so the others cost no extra wall time here."""
     sizes = sorted(set(sizes) - set(self._compiled))
     if not sizes:
       return
     start = time.perf_counter()
     lowered = [self._lower(n) for n in sizes]
-    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(lowered) + 1) as pool:
+      indices = pool.submit(self._indices_for, 0)
       compiled = list(pool.map(lambda program: program.compile(), lowered))
+      indices.result()
     self.compile_seconds += time.perf_counter() - start
     for num_steps, program in zip(sizes, compiled):
       self._compiled[num_steps] = program
