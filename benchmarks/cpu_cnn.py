@@ -366,7 +366,7 @@ def profile(args, data):
   import jax
   import jax.numpy as jnp
 
-  from jaxmodels.models.layers import max_pool
+  from jaxmodels.models.layers import conv_few_inputs, max_pool
 
   def per_image_us(fn, *inputs, batch_size):
     jax.block_until_ready(fn(*inputs))
@@ -389,6 +389,9 @@ def profile(args, data):
     pieces = {
         'conv forward': (jax.jit(conv), kernel, x),
         'conv kernel gradient': (jax.jit(jax.grad(lambda k, x: jnp.sum(conv(k, x)))), kernel, x),
+        'conv_few_inputs forward': (jax.jit(lambda k, x: conv_few_inputs(x, k)), kernel, x),
+        'conv_few_inputs kernel gradient': (jax.jit(jax.grad(
+            lambda k, x: jnp.sum(conv_few_inputs(x, k)))), kernel, x),
         'relu + nn.max_pool gradient': (jax.jit(jax.grad(lambda y: jnp.sum(flax_pool(
             nn.relu(y))))), y),
         'layers.max_pool + relu gradient': (jax.jit(jax.grad(lambda y: jnp.sum(nn.relu(
