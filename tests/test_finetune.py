@@ -111,6 +111,7 @@ def test_layer_decay_scales_each_layer_below_the_head():
   assert float(updates['bert']['encoder']['layer0']['mlp']['Dense_0']['kernel'][0, 0]) == 0.25
 
 
+@pytest.mark.slow
 def test_transfer_from_another_run_with_a_new_head_and_a_frozen_stem(tmp_path):
   """The README's vision transfer, small: a ViT run, then a run that starts from it
   (init_from) with a fresh head (init_from_exclude) and its stem frozen."""
