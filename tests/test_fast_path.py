@@ -141,7 +141,7 @@ def test_the_train_step_rewrites_a_users_nn_max_pool_and_first_conv_with_the_sam
   make = lambda: jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
                                             jm.classification_metrics(10)))
   fast = make()
-  monkeypatch.setattr(step_module, 'rewrite_max_pools', lambda fn: fn)
+  monkeypatch.setattr(step_module, 'rewrite_for_cpu', lambda fn: fn)
   reference = make()
   count = lambda step, op: step.lower(state, batch).as_text().count(op)
   assert count(reference, 'select_and_scatter') == 3
@@ -164,7 +164,7 @@ def test_the_train_step_rewrites_a_users_nn_max_pool_and_first_conv_with_the_sam
 def test_conv_few_inputs_equals_lax_conv_in_value_and_gradients(shape, kernel_shape, padding):
   """The rewritten convolution against lax.conv_general_dilated: outputs, kernel and input
   gradients, under an arbitrary cotangent; and the rewrite does replace it."""
-  from jaxmodels.models.fast_path import rewrite_max_pools
+  from jaxmodels.models.fast_path import rewrite_for_cpu
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
 
@@ -172,7 +172,7 @@ def test_conv_few_inputs_equals_lax_conv_in_value_and_gradients(shape, kernel_sh
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-  fast = rewrite_max_pools(conv)
+  fast = rewrite_for_cpu(conv)
   cotangent = jax.random.normal(jax.random.PRNGKey(2), conv(x, kernel).shape)
   grads = lambda fn: jax.grad(lambda x, k: jnp.sum(fn(x, k) * cotangent), argnums=(0, 1))(
       x, kernel)
@@ -184,7 +184,7 @@ def test_conv_few_inputs_equals_lax_conv_in_value_and_gradients(shape, kernel_sh
 
 
 def test_the_rewrite_leaves_wide_strided_and_low_precision_convolutions_alone():
-  from jaxmodels.models.fast_path import rewrite_max_pools
+  from jaxmodels.models.fast_path import rewrite_for_cpu
   x = jnp.ones((2, 8, 8, 4))
   cases = [(x, jnp.ones((3, 3, 4, 2)), (1, 1)),                       # 36 products > 27
            (x[..., :1], jnp.ones((3, 3, 1, 2)), (2, 2)),              # strided
@@ -192,7 +192,7 @@ def test_the_rewrite_leaves_wide_strided_and_low_precision_convolutions_alone():
   for inputs, kernel, strides in cases:
     conv = lambda x, k, s=strides: jax.lax.conv_general_dilated(
         x, k, s, 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    jaxpr = jax.make_jaxpr(rewrite_max_pools(conv))(inputs, kernel).jaxpr
+    jaxpr = jax.make_jaxpr(rewrite_for_cpu(conv))(inputs, kernel).jaxpr
     assert [e.primitive.name for e in jaxpr.eqns] == ['conv_general_dilated']
 
 
@@ -200,7 +200,7 @@ def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():
   """relu -> nn.max_pool becomes max_pool -> relu (a quarter of the values), values and
   gradients equal, windows of exact zeros and negative ties included; a ReLU whose result
   is also used elsewhere still gives the same numbers."""
-  from jaxmodels.models.fast_path import rewrite_max_pools
+  from jaxmodels.models.fast_path import rewrite_for_cpu
   rng = np.random.default_rng(0)
   x = (np.maximum(rng.normal(size=(2, 6, 6, 3)), 0) - 0.3).astype(np.float32)
   x[0] = 0.0
@@ -214,9 +214,9 @@ def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():
     return (nn.max_pool(y, (2, 2), strides=(2, 2)) ** 2).sum() + (y * x).sum()
 
   for fn in (pooled_only, pooled_and_reused):
-    fast = rewrite_max_pools(fn)
+    fast = rewrite_for_cpu(fn)
     np.testing.assert_allclose(fast(x), fn(x), rtol=1e-6)
     np.testing.assert_array_equal(jax.grad(fast)(x), jax.grad(fn)(x))
   relu_shapes = [eqn.outvars[0].aval.shape for eqn in jax.make_jaxpr(
-    rewrite_max_pools(pooled_only))(x).jaxpr.eqns if eqn.primitive.name == 'custom_jvp_call']
+    rewrite_for_cpu(pooled_only))(x).jaxpr.eqns if eqn.primitive.name == 'custom_jvp_call']
   assert relu_shapes == [(2, 3, 3, 3)]

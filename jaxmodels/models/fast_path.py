@@ -4,7 +4,7 @@ max-pool gradient of `layers.max_pool` and the fast first-layer convolution of
 
 XLA differentiates a max-pool (`reduce_window_max`) with select-and-scatter, which
 XLA:CPU runs 5-20x slower than an elementwise formulation, and slower than the
-convolution before it. `rewrite_max_pools(fn)` traces `fn` (a model's apply), and
+convolution before it. `rewrite_for_cpu(fn)` traces `fn` (a model's apply), and
 evaluates its jaxpr again with every non-overlapping 2-D max-pool (window equal to its
 stride, no padding: what `nn.max_pool(x, (k, k), strides=(k, k))` gives) replaced by
 `layers.max_pool`, whose custom VJP has the same values and gradients, ties included.
@@ -125,7 +125,7 @@ def _evaluate(jaxpr, consts, *args):
   return [read(v, deferred_ok=True) for v in jaxpr.outvars]
 
 
-def rewrite_max_pools(fn):
+def rewrite_for_cpu(fn):
   """`fn` with its non-overlapping 2-D max-pools computed by `layers.max_pool` and its
   few-input convolutions by `layers.conv_few_inputs` (see the module doc): the same values
   and gradients (to rounding for the convolutions), without select-and-scatter. Arguments that

@@ -30,12 +30,13 @@ def _max_pool_2d_bwd(window, x, g):
   # select-and-scatter gives it: one fused elementwise pass instead of a scatter. The
   # maximum is taken again from the same slices it is compared with: XLA may recompute x
   # (a batch-norm output, say) inside this fusion, with other rounding than the forward's.
-  y = functools.reduce(jnp.maximum, _window_slices(x, window))
+  parts = _window_slices(x, window)
+  y = functools.reduce(jnp.maximum, parts)
   taken = jnp.zeros(y.shape, bool)
   rows = []
   for i in range(window):
     cols = []
-    for part in _window_slices(x, window)[i * window:(i + 1) * window]:
+    for part in parts[i * window:(i + 1) * window]:
       first = (part == y) & ~taken
       taken = taken | first
       cols.append(jnp.where(first, g, 0).astype(g.dtype))

@@ -88,9 +88,11 @@ class StepRunner:
     start = time.perf_counter()
     lowered = [self._lower(n) for n in sizes]
     with concurrent.futures.ThreadPoolExecutor(len(lowered) + 1) as pool:
-      indices = pool.submit(self._indices_for, 0)
+      # Only before the first draw: a later compile must not replace the epoch in use.
+      indices = pool.submit(self._indices_for, 0) if self._indices is None else None
       compiled = list(pool.map(lambda program: program.compile(), lowered))
-      indices.result()
+      if indices:
+        indices.result()
     self.compile_seconds += time.perf_counter() - start
     for num_steps, program in zip(sizes, compiled):
       self._compiled[num_steps] = program

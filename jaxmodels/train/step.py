@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmodels.models.fast_path import rewrite_max_pools
+from jaxmodels.models.fast_path import rewrite_for_cpu
 from jaxmodels.train.guards import nonfinite_metric
 from jaxmodels.train.metrics import Mean
 from jaxmodels.train.optim import lr_multiplier_value
@@ -95,9 +95,10 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
     metric sums `psum`ed and model state (batch statistics) `pmean`ed.
   """
 
-  # On CPU, max-pools are differentiated without select-and-scatter (see models.fast_path):
-  # the same values and gradients, several times faster, for any model's nn.max_pool.
-  forward = rewrite_max_pools(apply_fn) if jax.default_backend() == 'cpu' else apply_fn
+  # On CPU, max-pools are differentiated without select-and-scatter and first-layer convs
+  # run as fused multiply-adds (see models.fast_path): the same numbers (convs to rounding),
+  # several times faster, for any model's nn.max_pool and nn.Conv.
+  forward = rewrite_for_cpu(apply_fn) if jax.default_backend() == 'cpu' else apply_fn
 
   def grads_of_sum(state, batch, rngs):
     """Gradients of the weighted loss *sum* (not mean), so slices and devices add up."""
