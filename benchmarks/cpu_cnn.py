@@ -2,7 +2,7 @@
 jaxmodels against Keras/TF, PyTorch and a plain hand-written Flax + optax jit loop.
 
   pip install -r benchmarks/requirements.txt   # the reference frameworks
-  python benchmarks/cpu_cnn.py                 # every figure (about 10 minutes on 2 cores)
+  python benchmarks/cpu_cnn.py                 # every figure (about 15 minutes on 2 cores)
   python benchmarks/cpu_cnn.py --only throughput --batch_sizes 64
   python benchmarks/cpu_cnn.py --quick         # a few steps of each part: checks that it runs
 
@@ -20,7 +20,8 @@ Parts (--only, comma-separated):
   user        the user's protocol: whole epochs of `fit` (compilation included) with the
               library's SmallCNN and with the user's own CNN written with Flax's
               nn.max_pool, beside Keras `model.fit`: the first epoch (compile and warm-up
-              included) and the steady state (the later epochs), as ratios (U1, U2).
+              included) and the steady state (the later epochs), as ratios (U1, U2); the
+              median of --rounds rounds, each contender once per round, from cold.
 
 Data: the Debian dataset-fashion-mnist files, or any local copy jaxmodels finds
 (see jaxmodels.data.local). A framework that is not installed is reported as
@@ -459,7 +460,11 @@ def _fit_epochs_keras(x, y, batch_size, epochs):
 
 def user_protocol(args, data):
   """Whole epochs through the public APIs, as a user trains: compile and warm-up included in
-  the first epoch; the steady state is the mean of the later ones. Images/s and ratios."""
+  the first epoch; the steady state is the mean of the later ones. Each round runs every
+  contender once, in a rotated order, from cold (`jax.clear_caches()`); the figures are the
+  medians over rounds, with the range beside them, and the ratios are ratios of medians."""
+  import jax
+
   from jaxmodels.models import SmallCNN
   x, y = data[0][:args.epoch_images], data[1][:args.epoch_images]
   contenders = {'jaxmodels SmallCNN': lambda b: _fit_epochs_jaxmodels(SmallCNN(), x, y, b,
@@ -469,18 +474,34 @@ def user_protocol(args, data):
                 'keras': lambda b: _fit_epochs_keras(x, y, b, args.epochs)}
   results = {}
   for batch_size in args.batch_sizes:
+    per_epoch = len(x) // batch_size * batch_size
+    rates = {name: {'first': [], 'steady': []} for name in contenders}
+    skipped = set()
+    for round_index in range(args.rounds):
+      names = list(contenders)
+      names = names[round_index % len(names):] + names[:round_index % len(names)]
+      for name in names:
+        if name in skipped:
+          continue
+        if name != 'keras':
+          jax.clear_caches()  # Every round compiles from nothing, as a new process would.
+        try:
+          seconds = _epoch_times(contenders[name](batch_size))
+        except ImportError as e:
+          print(f'  {name}: skipped ({e})', flush=True)
+          skipped.add(name)
+          continue
+        rates[name]['first'].append(per_epoch / seconds[0])
+        rates[name]['steady'].append(per_epoch / float(np.mean(seconds[1:] or seconds)))
     row = {}
-    for name, make in contenders.items():
-      try:
-        seconds = _epoch_times(make(batch_size))
-      except ImportError as e:
-        print(f'  {name}: skipped ({e})', flush=True)
+    for name, figures in rates.items():
+      if not figures['first']:
         continue
-      per_epoch = len(x) // batch_size * batch_size
-      row[name] = dict(first=per_epoch / seconds[0],
-                       steady=per_epoch / float(np.mean(seconds[1:] or seconds)))
-      print(f'  bs {batch_size:4d}  {name:22s} first epoch {row[name]["first"]:7.0f} img/s, '
-            f'steady {row[name]["steady"]:7.0f} img/s', flush=True)
+      row[name] = {k: float(np.median(v)) for k, v in figures.items()}
+      row[name]['rounds'] = figures
+      first, steady = (f'{min(figures[k]):.0f}-{max(figures[k]):.0f}' for k in figures)
+      print(f'  bs {batch_size:4d}  {name:22s} first epoch {row[name]["first"]:7.0f} img/s '
+            f'({first}), steady {row[name]["steady"]:7.0f} img/s ({steady})', flush=True)
     results[str(batch_size)] = row
     keras_row = row.get('keras')
     for name in ('jaxmodels SmallCNN', 'user nn.max_pool CNN'):
@@ -514,6 +535,8 @@ def main():
   parser.add_argument('--epochs', type=int, default=3, help='epochs of the user protocol')
   parser.add_argument('--epoch_images', type=int, default=60000,
                       help='training images per epoch of the user protocol')
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='rounds of the user protocol (medians over rounds are reported)')
   parser.add_argument('--json', help='also write the figures to this file')
   args = parser.parse_args()
   args.parts = [p for p in args.only.split(',') if p]
@@ -528,7 +551,7 @@ def main():
   args.accuracy_flags = []
   if args.quick:
     args.steps, args.warmup, args.overhead_steps, args.repeats = 4, 2, 3, 1
-    args.epochs, args.epoch_images = 2, 1024
+    args.epochs, args.epoch_images, args.rounds = 2, 1024, 1
     args.accuracy_flags = ['--config.train.num_epochs=1']
 
   data = load_fashion_mnist()

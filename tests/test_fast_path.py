@@ -220,3 +220,75 @@ def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():
   relu_shapes = [eqn.outvars[0].aval.shape for eqn in jax.make_jaxpr(
     rewrite_for_cpu(pooled_only))(x).jaxpr.eqns if eqn.primitive.name == 'custom_jvp_call']
   assert relu_shapes == [(2, 3, 3, 3)]
+
+
+@pytest.mark.parametrize('shape,kernel_shape,window,with_bias', [
+    ((3, 28, 28, 1), (3, 3, 1, 8), 2, True),
+    ((2, 13, 11, 3), (3, 3, 3, 5), 2, True),   # Odd sizes: the last row and column are dropped.
+    ((2, 12, 12, 2), (2, 2, 2, 4), 3, False),
+])
+def test_conv_pool_equals_conv_bias_and_flax_max_pool_in_value_and_gradients(
+    shape, kernel_shape, window, with_bias):
+  """layers.conv_pool against lax.conv_general_dilated + bias + nn.max_pool: outputs and the
+  input, kernel and bias gradients under an arbitrary cotangent. Zero image regions make
+  windows of equal values (ties), whose gradient goes to the first, as select-and-scatter
+  gives it."""
+  from jaxmodels.models.layers import conv_pool
+  x = jax.random.normal(jax.random.PRNGKey(0), shape).at[0, :6, :6].set(0.0)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+  bias = jax.random.normal(jax.random.PRNGKey(2), kernel_shape[-1:])
+
+  def reference(x, kernel, bias):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return flax_max_pool(y + bias if with_bias else y, window)
+
+  fast = lambda x, kernel, bias: conv_pool(x, kernel, bias if with_bias else None, window)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), reference(x, kernel, bias).shape)
+  grads = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(
+      x, kernel, bias)
+  np.testing.assert_allclose(fast(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5,
+                             atol=1e-5)
+  for a, b in zip(grads(fast), grads(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert not with_bias or np.abs(grads(fast)[2]).min() > 0
+
+
+class ConvReusedCNN(nn.Module):
+  """A first conv whose output also feeds a second branch: it must not be fused."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    y = nn.Conv(4, (3, 3), padding='VALID')(x)
+    pooled = nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2)).reshape((x.shape[0], -1))
+    return nn.Dense(10)(pooled) + y.mean((1, 2)).sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize('module', [SmallCNN(), StraightforwardSmallCNN(), ConvReusedCNN()],
+                         ids=['SmallCNN', 'relu-then-nn.max_pool', 'conv-output-reused'])
+def test_the_rewrite_fuses_a_first_conv_its_bias_and_the_pool_with_equal_gradients(module):
+  """conv -> bias -> (ReLU ->) pool, as nn.Conv and nn.max_pool or layers.max_pool write it,
+  becomes one layers.conv_pool; the loss and every gradient equal the unrewritten model's.
+  A conv whose output is used elsewhere too keeps its own pool."""
+  from jaxmodels.models.fast_path import rewrite_for_cpu
+  images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  images = images.at[:2, :10].set(0.0)  # Windows of equal values: ties.
+  labels = jnp.arange(8) % 10
+  model = jm.linen_model(module)
+  variables = model.init(jax.random.PRNGKey(1), images)
+
+  def loss(apply):
+    def objective(params):
+      logits, _ = apply({**variables, 'params': params}, images, train=True)
+      return jnp.mean(jm.classification_loss()(logits, {'labels': labels}))
+    return objective
+
+  fast, reference = loss(rewrite_for_cpu(model.apply)), loss(model.apply)
+  for a, b in zip(jax.tree.leaves(jax.value_and_grad(fast)(variables['params'])),
+                  jax.tree.leaves(jax.value_and_grad(reference)(variables['params']))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  sources = [str(e.params['call_jaxpr'].jaxpr.debug_info.func_src_info) for e in
+             jax.make_jaxpr(fast)(variables['params']).jaxpr.eqns
+             if e.primitive.name == 'custom_vjp_call']
+  fused = [s for s in sources if s.startswith('_conv_pool ')]
+  assert len(fused) == (0 if isinstance(module, ConvReusedCNN) else 1), sources

@@ -1,6 +1,6 @@
 """A jaxpr-level rewrite that gives models written with Flax's standard layers the fast
-max-pool gradient of `layers.max_pool` and the fast first-layer convolution of
-`layers.conv_few_inputs`.
+max-pool gradient of `layers.max_pool`, the fast first-layer convolution of
+`layers.conv_few_inputs` and the two together of `layers.conv_pool`.
 
 XLA differentiates a max-pool (`reduce_window_max`) with select-and-scatter, which
 XLA:CPU runs 5-20x slower than an elementwise formulation, and slower than the
@@ -14,22 +14,36 @@ and the ReLU's zero derivative at 0 keeps the gradients equal, ties included), s
 ReLU and its gradient touch a quarter of the values. A float32 NHWC convolution with
 stride 1 and at most MAX_PATCH products per output (a first layer on grey or RGB
 images) is computed by `layers.conv_few_inputs`: equal to float rounding, values and
-gradients. Pools and convolutions inside other higher-order primitives (remat, scan,
-custom derivatives) are left as they are.
+gradients. Such a convolution whose output (plus a bias, through a ReLU or not) only feeds
+a pool becomes one `layers.conv_pool`, whose gradient never writes the full-size gradient
+of the convolution's output. Pools and convolutions inside other higher-order primitives
+(remat, scan, custom derivatives) are left as they are; `layers.max_pool` is the one
+custom-derivative call recognised, as a pool.
 """
+import collections
 import functools
 
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
-from jaxmodels.models.layers import conv_few_inputs, max_pool
+from jaxmodels.models.layers import conv_few_inputs, conv_pool, max_pool
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
 
 
+def _source(eqn) -> str:
+  """'name at path:line' of the function a custom-derivative call wraps, or ''."""
+  info = getattr(eqn.params['call_jaxpr'].jaxpr, 'debug_info', None)
+  return getattr(info, 'func_src_info', None) or ''
+
+
 def _pool_window(eqn) -> int | None:
-  """k for a reduce_window_max over (1, k, k, 1) windows with stride k and no padding."""
+  """k for a reduce_window_max over (1, k, k, 1) windows with stride k and no padding, or
+  for `layers.max_pool` (whose call holds one)."""
+  if eqn.primitive.name == 'custom_vjp_call' and _source(eqn).startswith('_max_pool_2d at '):
+    inner = eqn.params['call_jaxpr'].jaxpr.eqns
+    return _pool_window(inner[0]) if len(inner) == 1 else None
   if eqn.primitive.name != 'reduce_window_max' or eqn.invars[0].aval.ndim != 4:
     return None
   p = eqn.params
@@ -70,9 +84,27 @@ def _is_jax_relu(eqn) -> bool:
   """Whether `eqn` is a call of `jax.nn.relu` (whose derivative at 0 is 0)."""
   if eqn.primitive.name != 'custom_jvp_call':
     return False
-  info = getattr(eqn.params['call_jaxpr'].jaxpr, 'debug_info', None)
-  source = getattr(info, 'func_src_info', None) or ''
+  source = _source(eqn)
   return source.startswith('relu at ') and 'nn' in source.replace('\\', '/').split('/')
+
+
+class _DeferredConv:
+  """A few-input convolution (plus its bias, once an add supplies one), kept until it is
+  known whether a pool consumes it: then `layers.conv_pool` computes the two together."""
+
+  def __init__(self, eqn, x, kernel, bias=None):
+    self.eqn, self.x, self.kernel, self.bias = eqn, x, kernel, bias
+    self._value = None
+
+  def value(self):
+    if self._value is None:
+      y = _conv(self.eqn, self.x, self.kernel)
+      self._value = y if self.bias is None else y + self.bias
+    return self._value
+
+  def pooled(self, window: int):
+    x = jnp.pad(self.x, ((0, 0), *self.eqn.params['padding'], (0, 0)))
+    return conv_pool(x, self.kernel, self.bias, window, self.eqn.params['precision'])
 
 
 class _DeferredRelu:
@@ -84,33 +116,68 @@ class _DeferredRelu:
 
   def value(self):
     if self._value is None:
-      self._value = jax.nn.relu(self.x)
+      x = self.x.value() if isinstance(self.x, _DeferredConv) else self.x
+      self._value = jax.nn.relu(x)
     return self._value
+
+
+_Deferred = (_DeferredConv, _DeferredRelu)
+
+
+def _pooled(x, window: int):
+  """The max-pool of x, a value or a deferred convolution and/or ReLU."""
+  if isinstance(x, _DeferredRelu):
+    return jax.nn.relu(_pooled(x.x, window))
+  if isinstance(x, _DeferredConv):
+    return x.pooled(window)
+  return max_pool(x, window)
+
+
+def _bias_of(conv, other):
+  """`other` as the (O,) bias of the deferred `conv`, if `conv + other` is its bias add."""
+  if not isinstance(conv, _DeferredConv) or conv.bias is not None or isinstance(other, _Deferred):
+    return None
+  features = conv.kernel.shape[-1]
+  shape, dtype = getattr(other, 'shape', ()), getattr(other, 'dtype', None)
+  if dtype == jnp.float32 and shape in ((features,), (1, 1, 1, features)):
+    return jnp.reshape(other, features)
+  return None
 
 
 def _evaluate(jaxpr, consts, *args):
   """`jax.core.eval_jaxpr`, with the pools swapped and jitted sub-functions inlined."""
   env = {}
+  # A convolution, bias add or ReLU is deferred only when one equation uses its result.
+  uses = collections.Counter(v for eqn in jaxpr.eqns for v in eqn.invars
+                             if not isinstance(v, jex.Literal))
+  uses.update(v for v in jaxpr.outvars if not isinstance(v, jex.Literal))
+  single_use = lambda eqn: uses[eqn.outvars[0]] == 1
 
   def read(v, deferred_ok=False):
     value = v.val if isinstance(v, jex.Literal) else env[v]
-    return value.value() if isinstance(value, _DeferredRelu) and not deferred_ok else value
+    return value.value() if isinstance(value, _Deferred) and not deferred_ok else value
 
   env.update(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   for eqn in jaxpr.eqns:
     window = _pool_window(eqn)
     if window:
-      x = read(eqn.invars[0], deferred_ok=True)
-      pooled = (jax.nn.relu(max_pool(x.x, window)) if isinstance(x, _DeferredRelu)
-                else max_pool(x, window))
-      env[eqn.outvars[0]] = pooled
+      env[eqn.outvars[0]] = _pooled(read(eqn.invars[0], deferred_ok=True), window)
       continue
     if _few_input_conv(eqn):
-      env[eqn.outvars[0]] = _conv(eqn, *(read(v) for v in eqn.invars))
+      conv = _DeferredConv(eqn, *(read(v) for v in eqn.invars))
+      env[eqn.outvars[0]] = conv if single_use(eqn) else conv.value()
       continue
+    if eqn.primitive.name == 'add' and single_use(eqn):
+      a, b = (read(v, deferred_ok=True) for v in eqn.invars)
+      conv, bias = (a, _bias_of(a, b)) if isinstance(a, _DeferredConv) else (b, _bias_of(b, a))
+      if bias is not None:
+        env[eqn.outvars[0]] = _DeferredConv(conv.eqn, conv.x, conv.kernel, bias)
+        continue
     if _is_jax_relu(eqn):
-      env[eqn.outvars[0]] = _DeferredRelu(read(eqn.invars[0]))
+      x = read(eqn.invars[0], deferred_ok=True)
+      keep = isinstance(x, _DeferredConv) and single_use(eqn)
+      env[eqn.outvars[0]] = _DeferredRelu(x if keep or not isinstance(x, _Deferred) else x.value())
       continue
     if eqn.primitive.name in _JIT_PRIMITIVES:
       inner = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
@@ -147,7 +214,7 @@ def rewrite_for_cpu(fn):
     values = [leaves[i] for i in dynamic]
     closed, shapes = jax.make_jaxpr(flat_fn, return_shape=True)(*values)
     outs = _evaluate(closed.jaxpr, closed.consts, *values)
-    outs = [out.value() if isinstance(out, _DeferredRelu) else out for out in outs]
+    outs = [out.value() if isinstance(out, _Deferred) else out for out in outs]
     return jax.tree.unflatten(jax.tree.structure(shapes), outs)
 
   return rewritten

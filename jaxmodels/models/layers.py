@@ -1,5 +1,6 @@
 """Layers written for speed on XLA:CPU, with the numerics of their Flax / lax counterparts:
-`max_pool` exactly, `conv_few_inputs` to float rounding (a different summation order)."""
+`max_pool` exactly, `conv_few_inputs` and `conv_pool` (the two with a bias between) to float
+rounding (a different summation order)."""
 import functools
 
 import flax.linen as nn
@@ -116,3 +117,70 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
   if x.ndim != 4:
     return nn.max_pool(x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))
   return _max_pool_2d(x, window)
+
+
+def _strided_patches(x: jax.Array, kh: int, kw: int, window: int, offset: tuple[int, int],
+                     out_hw: tuple[int, int]) -> jax.Array:
+  """(B, h, w, kh * kw * C): the patch under output position (window * I + oi, window * J + oj)
+  of a stride-1 VALID convolution of x, for I < h, J < w."""
+  (oi, oj), (h, w) = offset, out_hw
+  return jnp.concatenate([x[:, oi + i:oi + i + window * (h - 1) + 1:window,
+                            oj + j:oj + j + window * (w - 1) + 1:window]
+                          for i in range(kh) for j in range(kw)], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_pool(x, kernel, bias, window, precision):
+  return _max_pool_2d(_conv_few_inputs(x, kernel, precision) + bias, window)
+
+
+def _conv_pool_fwd(x, kernel, bias, window, precision):
+  return _conv_pool(x, kernel, bias, window, precision), (x, kernel, bias)
+
+
+def _conv_pool_bwd(window, precision, residuals, g):
+  x, kernel, bias = residuals
+  kh, kw, channels, features = kernel.shape
+  batch, h, w, _ = g.shape
+  # The pool's gradient goes to each window's first maximum (as in `_max_pool_2d_bwd`), and
+  # the kernel gradient is summed per window position: the gradients of the positions at
+  # offset (i, j) in their windows, times the patches under those positions. The full-size
+  # gradient of the convolution's output is never written.
+  z = _conv_few_inputs(x, kernel, precision) + bias  # Recomputed inside the masks' loops.
+  parts = _window_slices(z, window)
+  top = functools.reduce(jnp.maximum, parts)
+  taken = jnp.zeros(top.shape, bool)
+  dkernel, dbias, dz_parts = 0.0, 0.0, []
+  for q, part in enumerate(parts):
+    first = (part == top) & ~taken
+    taken = taken | first
+    dz = jnp.where(first, g, 0).astype(g.dtype)
+    patches = _strided_patches(x, kh, kw, window, divmod(q, window), (h, w))
+    dkernel = dkernel + jnp.dot(patches.reshape(-1, kh * kw * channels).T,
+                                dz.reshape(-1, features), precision=precision)
+    dbias = dbias + dz.sum((0, 1, 2))
+    dz_parts.append(dz)
+  # The input's gradient (XLA drops it when x is the data, as for a first layer).
+  dz = jnp.stack([jnp.stack(dz_parts[i * window:(i + 1) * window], axis=3)
+                  for i in range(window)], axis=2).reshape(batch, h * window, w * window, features)
+  out_h, out_w = z.shape[1:3]
+  dz = jnp.pad(dz, ((0, 0), (0, out_h - h * window), (0, out_w - w * window), (0, 0)))
+  dx = jax.vjp(lambda x: _lax_conv(x, kernel, precision), x)[1](dz)[0]
+  return dx, dkernel.reshape(kernel.shape), jnp.reshape(dbias, bias.shape)
+
+
+_conv_pool.defvjp(_conv_pool_fwd, _conv_pool_bwd)
+
+
+def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, window: int,
+              precision=None) -> jax.Array:
+  """`max_pool(conv_few_inputs(x, kernel) + bias, window)`, equal in value and in gradient
+  (to float rounding); bias (O,) or None.
+
+  The gradient skips the full-size gradient of the convolution's output: each window
+  position's share of the pool's gradient meets the image patches under those positions
+  directly (the SmallCNN's step: 1.08x at batch 64, 1.14x at batch 512 on a 2-core CPU).
+  """
+  if bias is None:
+    bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
+  return _conv_pool(x, kernel, bias, window, precision)
