@@ -74,12 +74,6 @@ def _few_input_conv(eqn) -> bool:
           rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_PATCH)
 
 
-def _conv(eqn, x, kernel):
-  """`eqn` (a `_few_input_conv`) by `layers.conv_few_inputs`, its padding as zeros."""
-  x = jnp.pad(x, ((0, 0), *eqn.params['padding'], (0, 0)))
-  return conv_few_inputs(x, kernel, eqn.params['precision'])
-
-
 def _is_jax_relu(eqn) -> bool:
   """Whether `eqn` is a call of `jax.nn.relu` (whose derivative at 0 is 0)."""
   if eqn.primitive.name != 'custom_jvp_call':
@@ -90,21 +84,30 @@ def _is_jax_relu(eqn) -> bool:
 
 class _DeferredConv:
   """A few-input convolution (plus its bias, once an add supplies one), kept until it is
-  known whether a pool consumes it: then `layers.conv_pool` computes the two together."""
+  known whether a pool consumes it: then `layers.conv_pool` computes the two together.
+  x holds the convolution's padding as zeros."""
 
-  def __init__(self, eqn, x, kernel, bias=None):
-    self.eqn, self.x, self.kernel, self.bias = eqn, x, kernel, bias
+  def __init__(self, x, kernel, precision, bias=None):
+    self.x, self.kernel, self.precision, self.bias = x, kernel, precision, bias
     self._value = None
+
+  @classmethod
+  def of(cls, eqn, x, kernel):
+    """`eqn` (a `_few_input_conv`) of x and kernel."""
+    x = jnp.pad(x, ((0, 0), *eqn.params['padding'], (0, 0)))
+    return cls(x, kernel, eqn.params['precision'])
+
+  def with_bias(self, bias):
+    return _DeferredConv(self.x, self.kernel, self.precision, bias)
 
   def value(self):
     if self._value is None:
-      y = _conv(self.eqn, self.x, self.kernel)
+      y = conv_few_inputs(self.x, self.kernel, self.precision)
       self._value = y if self.bias is None else y + self.bias
     return self._value
 
   def pooled(self, window: int):
-    x = jnp.pad(self.x, ((0, 0), *self.eqn.params['padding'], (0, 0)))
-    return conv_pool(x, self.kernel, self.bias, window, self.eqn.params['precision'])
+    return conv_pool(self.x, self.kernel, self.bias, window, self.precision)
 
 
 class _DeferredRelu:
@@ -165,19 +168,20 @@ def _evaluate(jaxpr, consts, *args):
       env[eqn.outvars[0]] = _pooled(read(eqn.invars[0], deferred_ok=True), window)
       continue
     if _few_input_conv(eqn):
-      conv = _DeferredConv(eqn, *(read(v) for v in eqn.invars))
+      conv = _DeferredConv.of(eqn, *(read(v) for v in eqn.invars))
       env[eqn.outvars[0]] = conv if single_use(eqn) else conv.value()
       continue
     if eqn.primitive.name == 'add' and single_use(eqn):
       a, b = (read(v, deferred_ok=True) for v in eqn.invars)
       conv, bias = (a, _bias_of(a, b)) if isinstance(a, _DeferredConv) else (b, _bias_of(b, a))
       if bias is not None:
-        env[eqn.outvars[0]] = _DeferredConv(conv.eqn, conv.x, conv.kernel, bias)
+        env[eqn.outvars[0]] = conv.with_bias(bias)
         continue
     if _is_jax_relu(eqn):
       x = read(eqn.invars[0], deferred_ok=True)
-      keep = isinstance(x, _DeferredConv) and single_use(eqn)
-      env[eqn.outvars[0]] = _DeferredRelu(x if keep or not isinstance(x, _Deferred) else x.value())
+      if isinstance(x, _Deferred) and not (isinstance(x, _DeferredConv) and single_use(eqn)):
+        x = x.value()
+      env[eqn.outvars[0]] = _DeferredRelu(x)
       continue
     if eqn.primitive.name in _JIT_PRIMITIVES:
       inner = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
