@@ -66,6 +66,31 @@ def test_resume_from_a_state_continues_the_same_data_order():
   _assert_same_bits(straight, resumed)
 
 
+def test_single_steps_on_one_cpu_take_host_batches_with_the_bits_of_the_gathered_ones(
+    monkeypatch):
+  """On one CPU device single steps read their batch from host rows (faster on XLA:CPU);
+  the device-side gather of every other layout gives the same batches, so the same bits."""
+  from jaxmodels.train import dispatch
+  data = _data(90)  # Padding-free, but 90 // 16 = 5 steps leave 10 examples out each epoch.
+  kw = dict(batch_size=16, num_steps=12, progress=False, data_rng=jax.random.PRNGKey(3),
+            log_every_steps=4, steps_per_dispatch=1)
+  host_batches = []
+  original = dispatch.StepRunner._host_batch
+  monkeypatch.setattr(dispatch.StepRunner, '_host_batch',
+                      lambda self, *a: host_batches.append(a) or original(self, *a))
+  _, state, step, _ = _setup()
+  from_host, h_host = jm.fit(state, step, data, **kw)
+  assert host_batches == [(e, p) for e in range(3) for p in range(5)][:12]
+  monkeypatch.setattr(dispatch, 'feeds_from_host', lambda mesh: False)
+  _, state, step, _ = _setup()
+  gathered, h_gathered = jm.fit(state, step, data, **kw)
+  assert len(host_batches) == 12  # This run gathered its batches inside the program.
+  _assert_same_bits(from_host, gathered)
+  without_rate = lambda history: [{k: v for k, v in r.items() if k != 'examples_per_sec'}
+                                  for r in history.train]
+  assert without_rate(h_host) == without_rate(h_gathered)
+
+
 def test_periodic_eval_and_callbacks():
   data = _data()
   _, state, step, eval_step = _setup()
