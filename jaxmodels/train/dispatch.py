@@ -110,16 +110,16 @@ class StepRunner:
 
   def compile(self, sizes) -> None:
     """Compiles the programs for these numbers of steps per call, at the same time, and
-    draws the first epoch's batch order beside them: XLA compiles a program on one core,
-    so the others cost no extra wall time here."""
+    draws the first epoch's batch order beside them, from before the tracing: XLA
+    compiles the draw while Python traces the step on another core."""
     sizes = sorted(set(sizes) - set(self._compiled))
     if not sizes:
       return
     start = time.perf_counter()
-    lowered = [self._lower(n) for n in sizes]
-    with concurrent.futures.ThreadPoolExecutor(len(lowered) + 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(sizes) + 1) as pool:
       # Only before the first draw: a later compile must not replace the epoch in use.
       indices = pool.submit(self._indices_for, 0) if self._indices is None else None
+      lowered = [self._lower(n) for n in sizes]
       compiled = list(pool.map(lambda program: program.compile(), lowered))
       if indices:
         indices.result()
