@@ -222,18 +222,23 @@ def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():
   assert relu_shapes == [(2, 3, 3, 3)]
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'other'])
 @pytest.mark.parametrize('shape,kernel_shape,window,with_bias', [
     ((3, 28, 28, 1), (3, 3, 1, 8), 2, True),
     ((2, 13, 11, 3), (3, 3, 3, 5), 2, True),   # Odd sizes: the last row and column are dropped.
     ((2, 12, 12, 2), (2, 2, 2, 4), 3, False),
 ])
 def test_conv_pool_equals_conv_bias_and_flax_max_pool_in_value_and_gradients(
-    shape, kernel_shape, window, with_bias):
+    shape, kernel_shape, window, with_bias, backend, monkeypatch):
   """layers.conv_pool against lax.conv_general_dilated + bias + nn.max_pool: outputs and the
   input, kernel and bias gradients under an arbitrary cotangent. Zero image regions make
   windows of equal values (ties), whose gradient goes to the first, as select-and-scatter
-  gives it."""
+  gives it. 'other': the backward as other backends run it, taking the maximum again
+  rather than the forward pass's."""
+  from jaxmodels.models import layers
   from jaxmodels.models.layers import conv_pool
+  if backend == 'other':
+    monkeypatch.setattr(layers, '_recomputes_exactly', lambda: False)
   x = jax.random.normal(jax.random.PRNGKey(0), shape).at[0, :6, :6].set(0.0)
   kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
   bias = jax.random.normal(jax.random.PRNGKey(2), kernel_shape[-1:])

@@ -159,6 +159,14 @@ def _conv_pool(x, kernel, bias, window, precision):
   return _max_pool_2d(_conv_few_inputs(x, kernel, precision) + bias, window)
 
 
+def _recomputes_exactly() -> bool:
+  """Whether a convolution recomputed in the backward pass has the forward pass's bits, so
+  that its maximum is the forward output (`_first_max_grads`): on XLA:CPU, which neither
+  contracts nor reassociates the multiply-adds. Other backends may contract them
+  differently in another fusion; there the maximum is taken again."""
+  return jax.default_backend() == 'cpu'
+
+
 def _conv_pool_fwd(x, kernel, bias, window, precision):
   y = _conv_pool(x, kernel, bias, window, precision)
   return y, (x, kernel, bias, y)
@@ -170,8 +178,9 @@ def _conv_pool_bwd(window, precision, residuals, g):
   # The kernel gradient is summed over the window positions: the gradient each position
   # gets, times the image patches under the outputs at that position. The full-size
   # gradient of the convolution's output is never written for it.
-  z = _conv_few_inputs(x, kernel, precision) + bias  # Recomputed inside the masks' loops,
-  grads = _first_max_grads(_window_slices(z, window), g, top=y)  # to the bit (see there).
+  z = _conv_few_inputs(x, kernel, precision) + bias  # Recomputed inside the masks' loops.
+  top = y if _recomputes_exactly() else None
+  grads = _first_max_grads(_window_slices(z, window), g, top=top)
   dkernel = dbias = 0.0
   for q, dz in enumerate(grads):
     views = _kernel_views(x, kh, kw, window, divmod(q, window), dz.shape[1:3])
