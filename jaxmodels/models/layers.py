@@ -38,12 +38,13 @@ def _first_max_grads(parts: list[jax.Array], g: jax.Array,
   are recomputed bit for bit (a chain of multiply-adds: XLA:CPU neither contracts nor
   reassociates them); then the last position takes the gradient no earlier one took, and
   the loops recompute 9 parts instead of 16 (a 2x2 window)."""
-  exact = top is not None
-  top = functools.reduce(jnp.maximum, parts) if top is None else top
+  from_forward = top is not None
+  if not from_forward:
+    top = functools.reduce(jnp.maximum, parts)
   taken = jnp.zeros(top.shape, bool)
   grads = []
   for q, part in enumerate(parts):
-    first = ~taken if exact and q == len(parts) - 1 else (part == top) & ~taken
+    first = ~taken if from_forward and q == len(parts) - 1 else (part == top) & ~taken
     taken = taken | first
     grads.append(jnp.where(first, g, 0).astype(g.dtype))
   return grads

@@ -52,7 +52,7 @@ class StepRunner:
     self._shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                 (state, (data.arrays, indices, jnp.zeros((), jnp.int32))))
     self._compiled, self.compile_seconds, self.flops_per_step = {}, 0.0, None
-    self._host = feeds_from_host(mesh)
+    self._host, self._batch_size = feeds_from_host(mesh), batch_size
     self._host_arrays = self._host_indices = None
 
   def _indices_for(self, epoch: int):
@@ -60,6 +60,9 @@ class StepRunner:
       self._epoch, self._indices = epoch, self._epoch_indices(self._rng, epoch)
       self._host_indices = None
     return self._indices
+
+  def _from_host(self, num_steps: int) -> bool:
+    return self._host and num_steps == 1
 
   def _host_batch(self, epoch: int, position: int) -> dict:
     """Batch `position` of `epoch` as numpy arrays: the rows `take_batch` would gather."""
@@ -93,7 +96,7 @@ class StepRunner:
     return state, metrics
 
   def _lower(self, num_steps: int):
-    if self._host and num_steps == 1:
+    if self._from_host(num_steps):
       jitted = parallel.jit_train_step(self._train_step, self._state_shardings, self._data.mesh)
       shapes = self._shapes[0], self._batch_shapes()
     else:
@@ -131,8 +134,7 @@ class StepRunner:
         self.flops_per_step = flops * self._data.mesh.size / num_steps
 
   def _batch_shapes(self) -> dict:
-    batch_size = self._shapes[1][1].shape[1]
-    shapes = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype)
+    shapes = {k: jax.ShapeDtypeStruct((self._batch_size, *v.shape[1:]), v.dtype)
               for k, v in self._data.arrays.items()}
     shapes['mask'] = shapes.pop('valid')
     return shapes
@@ -147,7 +149,7 @@ class StepRunner:
 
   def run(self, state, epoch: int, position: int, num_steps: int):
     """(state, merged metrics) after `num_steps` steps from `position` of `epoch`."""
-    if self._host and num_steps == 1:
+    if self._from_host(num_steps):
       return self._program(1)(state, self._host_batch(epoch, position))
     indices = self._indices_for(epoch)
     return self._program(num_steps)(
