@@ -1,6 +1,6 @@
 """Compression switched on by config in any run: quantisation-aware training
 (`quantization.qat`) and magnitude pruning with a polynomial sparsity schedule
-(`pruning.sparsity`). Both are `spec.Extension`s listed in `run_config.EXTENSIONS`."""
+(`pruning.sparsity`). Both are `context.Extension`s listed in `run_config.EXTENSIONS`."""
 import math
 
 from jaxmodels import parallel
@@ -8,7 +8,7 @@ from jaxmodels.compress import pruning
 from jaxmodels.compress.quantize import SCHEMES, qat_module
 from jaxmodels.errors import ConfigError
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
-from jaxmodels.tasks.spec import Extension
+from jaxmodels.tasks.context import Extension
 
 
 class QuantizationAware(Extension):

@@ -6,7 +6,7 @@ from jaxmodels import parallel
 from jaxmodels.errors import ConfigError, InputError
 from jaxmodels.explain import maps, plots
 from jaxmodels.schema import Field, Schema, at_least, one_of
-from jaxmodels.tasks.spec import Extension
+from jaxmodels.tasks.context import Extension
 
 SALIENCY_FILE = 'saliency.png'
 

@@ -101,6 +101,6 @@ RUN_SCHEMA = Schema({
     'nan.lr_factor': _resumable(0.5, 'Learning-rate multiplier per rollback.', **share()),
 })
 
-# The extensions every run applies, in order (see spec.Extension).
+# The extensions every run applies, in order (see context.Extension).
 EXTENSIONS = (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(),
               SamplePredictions(), SaliencyReport())

@@ -15,12 +15,11 @@ from jaxmodels import train as train_lib
 from jaxmodels.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
 from jaxmodels.errors import ConfigError
 from jaxmodels.schema import Schema
+from jaxmodels.tasks.context import RunContext
+from jaxmodels.tasks.model_card import write_card
+from jaxmodels.tasks.model_config import build_model
 from jaxmodels.tasks.run_config import EXTENSIONS, RUN_SCHEMA
-from jaxmodels.tasks.spec import RunContext, Task, build_module
-from jaxmodels.tasks.trained import write_card
-
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
+from jaxmodels.tasks.spec import Task
 
 def schema_of(task: Task) -> Schema:
   schema = RUN_SCHEMA
@@ -113,7 +112,7 @@ def run(task: Task, config, workdir: str, overrides: dict | None = None,
   mesh = parallel.make_mesh(config.parallel.mesh.to_dict())
   data = task.load_data(config).limited(config)
   arguments = task.model_arguments(config, data)
-  module = build_module(config.model.name, arguments, COMPUTE_DTYPES[config.precision.compute_dtype])
+  module = build_model(config, arguments)
   for extension in EXTENSIONS:
     module = extension.model(config, module)
   model = train_lib.linen_model(module)

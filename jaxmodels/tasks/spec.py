@@ -3,19 +3,12 @@ and metrics, and what it adds to the report. `runner.run(task, config, workdir)`
 the rest, the same way for every task."""
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from jaxmodels import data as data_lib
-from jaxmodels import models, parallel
-from jaxmodels import train as train_lib
-from jaxmodels.errors import ConfigError
 from jaxmodels.schema import Schema
+from jaxmodels.tasks import model_config
 
 
 @dataclasses.dataclass
@@ -49,61 +42,6 @@ class TaskData:
     return dataclasses.replace(self, train=train, val=val, test=test)
 
 
-@dataclasses.dataclass
-class RunContext:
-  """What task hooks get while the runner works: the config, the workdir, the data, the
-  model, the writer and (after training) the final state and history."""
-  config: Any
-  workdir: str
-  data: TaskData
-  module: Any
-  model: Any
-  writer: Any
-  mesh: Any
-  is_main: bool
-  state: Any = None
-  history: Any = None
-  input_spec: dict = dataclasses.field(default_factory=dict)
-
-  def predict(self, inputs) -> np.ndarray:
-    """The final model's outputs for host `inputs` (preprocessed as for evaluation), on every
-    process (a collective: every process must call it)."""
-    state = parallel.host_copy(self.state)
-    predict = jax.jit(train_lib.make_predict_fn(self.model.apply))
-    return np.asarray(predict(state, data_lib.to_model_inputs(self.input_spec, inputs)))
-
-  def say(self, text: str) -> None:
-    """Prints on process 0 only (every process runs the same code)."""
-    if self.is_main:
-      print(text, flush=True)
-
-
-class Extension:
-  """A part of a run that every task can use, switched on by its own config fields
-  (starting from other weights, fine-tuning, compression): it may change the model, the
-  optimiser, the fresh state (not a resumed one), and add callbacks and report entries.
-  `run_config.EXTENSIONS` lists them; the runner applies each, in order."""
-  schema: Schema = Schema({})
-
-  def model(self, config, module: nn.Module) -> nn.Module:
-    return module
-
-  def optimizer(self, config, tx, steps_per_epoch: int):
-    """The run's optax transformation -> the one it trains with (steps_per_epoch: for
-    durations given in epochs)."""
-    return tx
-
-  def initialize(self, config, module: nn.Module, state):
-    """The fresh, sharded state -> the state training starts from."""
-    return state
-
-  def callbacks(self, ctx: RunContext) -> list:
-    return []
-
-  def report(self, ctx: RunContext, test: dict) -> dict:
-    return {}
-
-
 @dataclasses.dataclass(frozen=True)
 class Task:
   """A task: a small spec that `runner.run` turns into a complete run.
@@ -134,33 +72,9 @@ class Task:
   defaults: dict = dataclasses.field(default_factory=dict)
   inputs: Callable = lambda config, data: {}
 
-  def model_arguments(self, config, data: TaskData) -> dict:
-    """The constructor arguments of the model named by config.model.name: its config options
-    and the data's arguments (JSON-able; model.json records them).
-
-    Options of other models are ignored with a warning (one recipe may serve several
-    models, e.g. lstm and bert); an option of no model is an error.
-    """
-    fields = lambda cls: {f.name for f in dataclasses.fields(cls)} - {'parent', 'name', 'dtype'}
-    accepted = fields(models.MODELS[config.model.name])
-    options = {k: v for k, v in config.model.items() if k != 'name'}
-    unknown = sorted(set(options) - set().union(*map(fields, models.MODELS.values())))
-    if unknown:
-      raise ConfigError(f'model.{unknown[0]} is an option of no model; {config.model.name} '
-                        f'takes {", ".join(sorted(accepted))}', key=f'model.{unknown[0]}')
-    ignored = sorted(set(options) - accepted)
-    if ignored:
-      logging.warning('model %s ignores the options %s', config.model.name, ', '.join(ignored))
-    arguments = {**options, **self.model_kwargs(config, data)}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()
-            if k in accepted}
+  def model_arguments(self, config, data: TaskData) -> dict:  # See model_config.
+    options = model_config.model_options(config)  # Checked before the data is read.
+    return model_config.model_arguments(config, options, self.model_kwargs(config, data))
 
   def build_model(self, config, data: TaskData) -> nn.Module:
-    dtype = jnp.bfloat16 if config.precision.compute_dtype == 'bfloat16' else jnp.float32
-    return build_module(config.model.name, self.model_arguments(config, data), dtype)
-
-
-def build_module(name: str, arguments: dict, dtype=jnp.float32) -> nn.Module:
-  """`models.MODELS[name]` built from JSON-able arguments (lists become tuples)."""
-  arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in arguments.items()}
-  return models.MODELS[name](**arguments, dtype=dtype)
+    return model_config.build_model(config, self.model_arguments(config, data))

@@ -6,30 +6,17 @@ and how raw inputs become model inputs; the checkpoints hold the variables.
     logits = run.apply(run.model_inputs(images_uint8))   # (N, num_classes)
 """
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 
-from jaxmodels import data as data_lib
 from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_meta, read_variables
 from jaxmodels.errors import CheckpointError
 from jaxmodels.finetune import merge_lora
-from jaxmodels.pretrained import TextTokenizer
-from jaxmodels.tasks.spec import build_module
-
-MODEL_CARD = 'model.json'
-
-
-def write_card(workdir: str, card: dict) -> str:
-  """Writes model.json: task, model name and arguments, inputs, class names, the result's
-  step and its test metrics."""
-  path = os.path.join(workdir, MODEL_CARD)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(card, f, indent=2)
-  return path
+from jaxmodels.tasks.model_card import MODEL_CARD, inputs_from_raw, read_card, write_card
+from jaxmodels.tasks.model_config import build_module
 
 
 @dataclasses.dataclass
@@ -46,12 +33,7 @@ class TrainedRun:
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> 'TrainedRun':
     """The run's result (model.json's step, or `step`); CheckpointError if it has none."""
-    path = os.path.join(workdir, MODEL_CARD)
-    if not os.path.isfile(path):
-      raise CheckpointError(f'{workdir} holds no finished run ({MODEL_CARD} is missing): train '
-                            'in it first, or pass the workdir of a finished run', key='workdir')
-    with open(path, encoding='utf-8') as f:
-      card = json.load(f)
+    card = read_card(workdir)
     module = build_module(card['model']['name'], card['model']['arguments'])
     variables = read_variables(checkpoint_dir(workdir), step or card['step'])
     if 'lora' in card['model']:  # A LoRA run: its adapters folded into plain kernels.
@@ -69,17 +51,8 @@ class TrainedRun:
     return self.card.get('class_names')
 
   def model_inputs(self, raw):
-    """Raw inputs -> what the model takes: images (N, H, W, C) in 0..255 are normalised as
-    in training (`data.to_model_inputs`, jit-able); texts of a word-level classifier are
-    cleaned and encoded with the run's vocabulary, or by the run's pretrained tokenizer
-    (tokenizer.json, recorded whole in model.json); token ids pass through."""
-    spec = self.card['inputs']
-    if spec.get('kind') == 'words':
-      vocab = data_lib.WordVocabulary.from_words(spec['vocabulary'])
-      return vocab.encode([data_lib.clean_text(t) for t in raw], spec['max_length'])
-    if spec.get('kind') == 'tokenizer':
-      return TextTokenizer.from_spec(spec).encode(raw, spec['max_length'])
-    return data_lib.to_model_inputs(spec, raw)
+    """Raw inputs -> what the model takes (`model_card.inputs_from_raw`)."""
+    return inputs_from_raw(self.card['inputs'], raw)
 
   def save(self, workdir: str) -> None:
     """Writes this model as a finished run in a new `workdir` (model.json and a checkpoint of
