@@ -17,6 +17,9 @@ Parts (--only, comma-separated):
   accuracy    `experiments/fashion_mnist.py --config=...:fast` end to end: process start
               to the last metric, and its test accuracy (P2).
   profile     microseconds per image of each piece of the step at each batch size.
+  gemm        the dense layer's three float32 matrix products (forward, weight and input
+              gradients, 5408x128) as XLA:CPU runs them, beside PyTorch (oneDNN, as
+              Keras/TF uses) and numpy on the same shapes and cores.
   user        the user's protocol: whole epochs of `fit` (compilation included) with the
               library's SmallCNN and with the user's own CNN written with Flax's
               nn.max_pool, beside Keras `model.fit`: the first epoch (compile and warm-up
@@ -409,6 +412,74 @@ def profile(args, data):
   return results
 
 
+GEMM_PRODUCTS = ('forward h @ w', 'weight gradient h.T @ g', 'input gradient g @ w.T')
+
+
+def gemm_times(library: str, batch_size: int, steps: int, repeats: int) -> list[float]:
+  """Microseconds per product (GEMM_PRODUCTS) of the dense layer's shapes with `library`:
+  the median of `repeats` timings of `steps` products, after 20 untimed ones."""
+  if library == 'jax':
+    import jax
+    import jax.numpy as jnp
+    convert, wrap, sync = jnp.asarray, jax.jit, jax.block_until_ready
+  elif library == 'pytorch':
+    import torch
+    convert, wrap, sync = torch.from_numpy, (lambda f: f), (lambda x: x)
+  else:
+    convert, wrap, sync = np.asarray, (lambda f: f), (lambda x: x)
+  rng = np.random.default_rng(0)
+  h, w, g = (convert(rng.standard_normal(shape, np.float32)) for shape in
+             ((batch_size, 13 * 13 * 32), (13 * 13 * 32, 128), (batch_size, 128)))
+  products = [(wrap(lambda a, b: a @ b), h, w), (wrap(lambda a, b: a.T @ b), h, g),
+              (wrap(lambda a, b: a @ b.T), g, w)]
+  figures = []
+  for product, a, b in products:
+    for _ in range(20):  # Compilation, and the library's thread pool starting.
+      sync(product(a, b))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(steps):
+        out = product(a, b)
+      sync(out)
+      times.append((time.perf_counter() - start) / steps * 1e6)
+    figures.append(float(np.median(times)))
+  return figures
+
+
+def gemm(args, data):
+  """The SmallCNN's dense layer (B x 5408 @ 5408 x 128) as three float32 matrix products,
+  jax.jit on XLA:CPU against PyTorch (oneDNN, the library Keras/TF also calls) and numpy
+  (OpenBLAS), each library in its own process: their thread pools, left spinning, would
+  otherwise slow each other. A batch that `fit` accumulates over slices is multiplied in
+  slices, so the products take a slice's rows. Where the product library is the gap, no
+  change to jaxmodels' own code closes it."""
+  from jaxmodels.train.step import auto_micro_batches
+  del data
+  results = {}
+  for batch_size in args.batch_sizes:
+    rows = batch_size // auto_micro_batches({'inputs': np.zeros(batch_size)}, {})
+    row = {}
+    for library in ('jax', 'numpy', 'pytorch'):
+      command = [sys.executable, __file__, '--gemm_worker', library, '--batch_sizes',
+                 str(rows), '--overhead_steps', str(args.overhead_steps),
+                 '--repeats', str(args.repeats)]
+      done = subprocess.run(command, capture_output=True, text=True)
+      if done.returncode:
+        print(f'  bs {batch_size:4d} {library}: skipped ({done.stderr.strip().splitlines()[-1]})',
+              flush=True)
+        continue
+      row[library] = json.loads(done.stdout.strip().splitlines()[-1])
+    for i, name in enumerate(GEMM_PRODUCTS):
+      times = {library: figures[i] for library, figures in row.items()}
+      results[f'{batch_size} {name}'] = times
+      others = ', '.join(f'{library} {t:6.0f} us (jax takes {times["jax"] / t:.2f}x)'
+                         for library, t in times.items() if library != 'jax')
+      print(f'  bs {batch_size:4d} {name:24s} ({rows:3d} rows) jax {times["jax"]:6.0f} us; '
+            f'{others}', flush=True)
+  return results
+
+
 def _epoch_times(fit_epochs):
   """Seconds of each epoch from `fit_epochs(on_epoch_end)`, the first from the call's start."""
   ends = []
@@ -513,7 +584,7 @@ def user_protocol(args, data):
 
 
 PARTS = dict(throughput=throughput, overhead=overhead, startup=startup, accuracy=accuracy,
-             profile=profile, user=user_protocol)
+             profile=profile, gemm=gemm, user=user_protocol)
 
 
 def main():
@@ -538,10 +609,15 @@ def main():
   parser.add_argument('--rounds', type=int, default=3,
                       help='rounds of the user protocol (medians over rounds are reported)')
   parser.add_argument('--json', help='also write the figures to this file')
+  parser.add_argument('--gemm_worker', help=argparse.SUPPRESS)  # One library's gemm figures.
   args = parser.parse_args()
   args.parts = [p for p in args.only.split(',') if p]
   args.frameworks = [f for f in args.frameworks.split(',') if f]
   args.batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+  if args.gemm_worker:
+    print(json.dumps(gemm_times(args.gemm_worker, args.batch_sizes[0], args.overhead_steps,
+                                args.repeats)))
+    return
   for name in args.parts:
     if name not in PARTS:
       parser.error(f'unknown part {name!r}; choose from {", ".join(PARTS)}')

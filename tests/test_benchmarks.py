@@ -48,6 +48,9 @@ def test_cpu_cnn_prints_every_figure(fashion_mnist_dir):
   assert re.search(r'cold +: first step [\d.]+ s', out) and re.search(r'cached: first step', out)
   assert re.search(r'test accuracy 0\.\d+ in [\d.]+ s end to end', out), out
   assert re.search(r'^conv kernel gradient +[\d.]+ +[\d.]+$', out, re.M), out  # the profile
+  for size in (64, 512):  # The dense layer's products, jax beside the other libraries.
+    assert re.search(rf'bs +{size} input gradient g @ w.T +\( *\d+ rows\) jax +\d+ us; '
+                     rf'numpy +\d+ us \(jax takes [\d.]+x\)', out), out
 
 
 @pytest.mark.slow
