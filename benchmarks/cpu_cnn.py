@@ -412,12 +412,15 @@ def profile(args, data):
   return results
 
 
-GEMM_PRODUCTS = ('forward h @ w', 'weight gradient h.T @ g', 'input gradient g @ w.T')
+# name: (product, its operands among h (B x 5408), w (5408 x 128), g (B x 128)).
+GEMM_PRODUCTS = {'forward h @ w': (lambda a, b: a @ b, 'hw'),
+                 'weight gradient h.T @ g': (lambda a, b: a.T @ b, 'hg'),
+                 'input gradient g @ w.T': (lambda a, b: a @ b.T, 'gw')}
 
 
 def gemm_times(library: str, batch_size: int, steps: int, repeats: int) -> list[float]:
-  """Microseconds per product (GEMM_PRODUCTS) of the dense layer's shapes with `library`:
-  the median of `repeats` timings of `steps` products, after 20 untimed ones."""
+  """Microseconds per product (GEMM_PRODUCTS, in order) of the dense layer's shapes with
+  `library`: the median of `repeats` timings of `steps` products, after 20 untimed ones."""
   if library == 'jax':
     import jax
     import jax.numpy as jnp
@@ -428,10 +431,11 @@ def gemm_times(library: str, batch_size: int, steps: int, repeats: int) -> list[
   else:
     convert, wrap, sync = np.asarray, (lambda f: f), (lambda x: x)
   rng = np.random.default_rng(0)
-  h, w, g = (convert(rng.standard_normal(shape, np.float32)) for shape in
-             ((batch_size, 13 * 13 * 32), (13 * 13 * 32, 128), (batch_size, 128)))
-  products = [(wrap(lambda a, b: a @ b), h, w), (wrap(lambda a, b: a.T @ b), h, g),
-              (wrap(lambda a, b: a @ b.T), g, w)]
+  operands = {name: convert(rng.standard_normal(shape, np.float32)) for name, shape in
+              (('h', (batch_size, 13 * 13 * 32)), ('w', (13 * 13 * 32, 128)),
+               ('g', (batch_size, 128)))}
+  products = [(wrap(product), *(operands[name] for name in names))
+              for product, names in GEMM_PRODUCTS.values()]
   figures = []
   for product, a, b in products:
     for _ in range(20):  # Compilation, and the library's thread pool starting.

@@ -134,13 +134,18 @@ def eval_batch_indices(data: ShardedExamples, batch_size: int):
           place((positions < shard_size).astype(np.float32)))
 
 
-def take_batch(arrays: dict, indices: jax.Array, mesh: Mesh, axes: Sequence[str]) -> dict:
-  """Each shard gathers its own rows: {name: array[indices]} for sharded (N, ...) arrays.
-
-  'valid' comes back as the batch's 'mask' (0 for padding examples).
-  """
-  spec = P(tuple(axes))
-  gather = lambda arrays, idx: {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
-  batch = jax.shard_map(gather, mesh=mesh, in_specs=(spec, spec), out_specs=spec)(arrays, indices)
+def as_batch(rows: dict) -> dict:
+  """Rows of a `ShardedExamples`' arrays as a train-step batch: 'valid' becomes the batch's
+  'mask' (0 for padding examples)."""
+  batch = dict(rows)
   batch['mask'] = batch.pop('valid')
   return batch
+
+
+def take_batch(arrays: dict, indices: jax.Array, mesh: Mesh, axes: Sequence[str]) -> dict:
+  """Each shard gathers its own rows: {name: array[indices]} for sharded (N, ...) arrays,
+  `as_batch`."""
+  spec = P(tuple(axes))
+  gather = lambda arrays, idx: {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
+  return as_batch(jax.shard_map(gather, mesh=mesh, in_specs=(spec, spec), out_specs=spec)(
+      arrays, indices))

@@ -21,6 +21,7 @@ from jaxmodels.tasks.model_config import build_model
 from jaxmodels.tasks.run_config import EXTENSIONS, RUN_SCHEMA
 from jaxmodels.tasks.spec import Task
 
+
 def schema_of(task: Task) -> Schema:
   schema = RUN_SCHEMA
   for extension in EXTENSIONS:

@@ -73,7 +73,7 @@ class Task:
   inputs: Callable = lambda config, data: {}
 
   def model_arguments(self, config, data: TaskData) -> dict:  # See model_config.
-    options = model_config.model_options(config)  # Checked before the data is read.
+    options = model_config.model_options(config)  # A bad option fails before model_kwargs.
     return model_config.model_arguments(config, options, self.model_kwargs(config, data))
 
   def build_model(self, config, data: TaskData) -> nn.Module:

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmodels import parallel
-from jaxmodels.data.batching import ShardedExamples, epoch_batch_indices, take_batch
+from jaxmodels.data.batching import ShardedExamples, as_batch, epoch_batch_indices, take_batch
 from jaxmodels.errors import InputError
 from jaxmodels.report.throughput import compiled_flops
 from jaxmodels.train.metrics import merge
@@ -72,9 +72,7 @@ class StepRunner:
     if self._host_arrays is None:
       self._host_arrays = {k: np.asarray(v) for k, v in self._data.arrays.items()}
     rows = self._host_indices[position]
-    batch = {k: v[rows] for k, v in self._host_arrays.items()}
-    batch['mask'] = batch.pop('valid')
-    return batch
+    return as_batch({k: v[rows] for k, v in self._host_arrays.items()})
 
   def _steps(self, state, data, *, num_steps):
     arrays, indices, offset = data
@@ -134,10 +132,8 @@ class StepRunner:
         self.flops_per_step = flops * self._data.mesh.size / num_steps
 
   def _batch_shapes(self) -> dict:
-    shapes = {k: jax.ShapeDtypeStruct((self._batch_size, *v.shape[1:]), v.dtype)
-              for k, v in self._data.arrays.items()}
-    shapes['mask'] = shapes.pop('valid')
-    return shapes
+    return as_batch({k: jax.ShapeDtypeStruct((self._batch_size, *v.shape[1:]), v.dtype)
+                     for k, v in self._data.arrays.items()})
 
   def _program(self, num_steps: int):
     self.compile([num_steps])
