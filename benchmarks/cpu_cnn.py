@@ -272,8 +272,9 @@ def overhead(args, data):
     plain = _plain_step(module.apply)
     model = jm.linen_model(module)
     ours_state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), images[:1])
-    ours = jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
-                                      jm.classification_metrics(10)), donate_argnums=0)
+    ours = jax.jit(jm.train.cpu_path.tuned(jm.make_train_step(  # As fit runs it.
+        model.apply, jm.classification_loss(), tx, jm.classification_metrics(10))),
+        donate_argnums=0)
     batch = {'inputs': images, 'labels': labels}
     steps = args.overhead_steps
 
@@ -321,7 +322,7 @@ state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), data.train_image
 scale = lambda rng, batch: {**batch, 'inputs': batch['inputs'] / 255.0}
 step = jm.with_preprocess(jm.make_train_step(model.apply, jm.classification_loss(), tx), scale)
 batch = {'inputs': data.train_images[:64], 'labels': data.train_labels[:64]}
-state, metrics = jax.jit(step)(state, batch)
+state, metrics = jax.jit(jm.train.cpu_path.tuned(step))(state, batch)  # As fit runs it.
 jax.block_until_ready(metrics)
 print(time.time())
 '''
@@ -458,11 +459,12 @@ def gemm(args, data):
   otherwise slow each other. A batch that `fit` accumulates over slices is multiplied in
   slices, so the products take a slice's rows. Where the product library is the gap, no
   change to jaxmodels' own code closes it."""
-  from jaxmodels.train.step import auto_micro_batches
+  from jaxmodels.train import cpu_path
+  from jaxmodels.train.step import micro_batch_count
   del data
   results = {}
   for batch_size in args.batch_sizes:
-    rows = batch_size // auto_micro_batches({'inputs': np.zeros(batch_size)}, {})
+    rows = batch_size // micro_batch_count(batch_size, cpu_path.execution().slice_sizes, {})
     row = {}
     for library in ('jax', 'numpy', 'pytorch'):
       command = [sys.executable, __file__, '--gemm_worker', library, '--batch_sizes',

@@ -124,25 +124,23 @@ class UsersCNN(nn.Module):
     return nn.Dense(10)(x)
 
 
-def test_the_train_step_rewrites_a_users_nn_max_pool_and_first_conv_with_the_same_numbers(
-    monkeypatch):
-  """make_train_step swaps nn.max_pool's select-and-scatter gradient for layers.max_pool's
-  and the one-channel conv for layers.conv_few_inputs: one step (values, gradients, batch
-  statistics, metrics) equals the unrewritten step, to rounding (the conv sums in another
-  order). SGD keeps the update linear in the gradient: Adam would blow the rounding noise
-  of Conv_0's bias gradient (zero in exact arithmetic, batch-norm follows) up to +-lr."""
-  from jaxmodels.train import step as step_module
+def test_the_tuned_step_rewrites_a_users_nn_max_pool_and_first_conv_with_the_same_numbers():
+  """cpu_path.tuned swaps nn.max_pool's select-and-scatter gradient for layers.max_pool's
+  and the one-channel conv for layers.conv_few_inputs; make_train_step alone does not. One
+  step (values, gradients, batch statistics, metrics) equals the untuned step, to rounding
+  (the conv sums in another order). SGD keeps the update linear in the gradient: Adam would
+  blow the rounding noise of Conv_0's bias gradient (zero in exact arithmetic, batch-norm
+  follows) up to +-lr."""
+  from jaxmodels.train import cpu_path
   rng = np.random.default_rng(0)
   batch = {'inputs': np.maximum(rng.normal(size=(16, 12, 12, 1)), 0).astype(np.float32),
            'labels': rng.integers(0, 10, 16).astype(np.int32)}  # ReLU-style zeros: ties.
   model = jm.linen_model(UsersCNN())
   tx = optax.sgd(0.1)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), batch['inputs'][:1])
-  make = lambda: jax.jit(jm.make_train_step(model.apply, jm.classification_loss(), tx,
-                                            jm.classification_metrics(10)))
-  fast = make()
-  monkeypatch.setattr(step_module, 'rewrite_for_cpu', lambda fn: fn)
-  reference = make()
+  step = jm.make_train_step(model.apply, jm.classification_loss(), tx,
+                            jm.classification_metrics(10))
+  fast, reference = jax.jit(cpu_path.tuned(step)), jax.jit(step)
   count = lambda step, op: step.lower(state, batch).as_text().count(op)
   assert count(reference, 'select_and_scatter') == 3
   assert count(fast, 'select_and_scatter') == 1  # The overlapping pool keeps its one.
@@ -222,23 +220,20 @@ def test_the_rewrite_moves_a_relu_after_the_pool_with_equal_gradients():
   assert relu_shapes == [(2, 3, 3, 3)]
 
 
-@pytest.mark.parametrize('backend', ['cpu', 'other'])
+@pytest.mark.parametrize('recomputes_exactly', [True, False], ids=['cpu', 'other'])
 @pytest.mark.parametrize('shape,kernel_shape,window,with_bias', [
     ((3, 28, 28, 1), (3, 3, 1, 8), 2, True),
     ((2, 13, 11, 3), (3, 3, 3, 5), 2, True),   # Odd sizes: the last row and column are dropped.
     ((2, 12, 12, 2), (2, 2, 2, 4), 3, False),
 ])
 def test_conv_pool_equals_conv_bias_and_flax_max_pool_in_value_and_gradients(
-    shape, kernel_shape, window, with_bias, backend, monkeypatch):
+    shape, kernel_shape, window, with_bias, recomputes_exactly):
   """layers.conv_pool against lax.conv_general_dilated + bias + nn.max_pool: outputs and the
   input, kernel and bias gradients under an arbitrary cotangent. Zero image regions make
   windows of equal values (ties), whose gradient goes to the first, as select-and-scatter
-  gives it. 'other': the backward as other backends run it, taking the maximum again
-  rather than the forward pass's."""
-  from jaxmodels.models import layers
+  gives it. 'cpu': the backward takes the forward pass's maximum, as the CPU path asks;
+  'other': the default, taking the maximum again."""
   from jaxmodels.models.layers import conv_pool
-  if backend == 'other':
-    monkeypatch.setattr(layers, '_recomputes_exactly', lambda: False)
   x = jax.random.normal(jax.random.PRNGKey(0), shape).at[0, :6, :6].set(0.0)
   kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
   bias = jax.random.normal(jax.random.PRNGKey(2), kernel_shape[-1:])
@@ -248,7 +243,8 @@ def test_conv_pool_equals_conv_bias_and_flax_max_pool_in_value_and_gradients(
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return flax_max_pool(y + bias if with_bias else y, window)
 
-  fast = lambda x, kernel, bias: conv_pool(x, kernel, bias if with_bias else None, window)
+  fast = lambda x, kernel, bias: conv_pool(x, kernel, bias if with_bias else None, window,
+                                           recomputes_exactly=recomputes_exactly)
   cotangent = jax.random.normal(jax.random.PRNGKey(3), reference(x, kernel, bias).shape)
   grads = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(
       x, kernel, bias)
@@ -297,3 +293,28 @@ def test_the_rewrite_fuses_a_first_conv_its_bias_and_the_pool_with_equal_gradien
              if e.primitive.name == 'custom_vjp_call']
   fused = [s for s in sources if s.startswith('_conv_pool ')]
   assert len(fused) == (0 if isinstance(module, ConvReusedCNN) else 1), sources
+
+
+def test_fit_tunes_a_plain_step_for_the_cpu_as_an_explicitly_tuned_step_trains():
+  """The CPU path is a wrapper: the untuned step differentiates nn.max_pool with
+  select-and-scatter, the tuned one does not; fit applies the wrapper to a plain step, also
+  inside with_preprocess and skip_nonfinite, so both train to the same bits; tuning twice
+  is tuning once."""
+  from jaxmodels.train import cpu_path
+  rng = np.random.default_rng(0)
+  images = rng.random((64, 12, 12, 1), np.float32)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  model = jm.linen_model(StraightforwardSmallCNN())
+  tx = optax.adam(1e-3)
+  plain = jm.with_preprocess(jm.train.skip_nonfinite(jm.make_train_step(
+      model.apply, jm.classification_loss(), tx)), lambda rng, batch: batch)
+  tuned = cpu_path.tuned(plain)
+  assert cpu_path.tuned(tuned) is tuned and tuned.train_step.train_step.unroll
+  state = lambda: jm.create_train_state(model, tx, jax.random.PRNGKey(0), images[:1])
+  batch = {'inputs': images[:16], 'labels': labels[:16]}
+  count = lambda step: jax.jit(step).lower(state(), batch).as_text().count('select_and_scatter')
+  assert count(plain) == 1 and count(tuned) == 0
+  results = [jm.fit(state(), step, (images, labels), batch_size=16, num_steps=6,
+                    progress=False)[0] for step in (plain, tuned)]
+  for a, b in zip(*map(jax.tree.leaves, results)):
+    np.testing.assert_array_equal(a, b)

@@ -70,7 +70,9 @@ def test_single_steps_on_one_cpu_take_host_batches_with_the_bits_of_the_gathered
     monkeypatch):
   """On one CPU device single steps read their batch from host rows (faster on XLA:CPU);
   the device-side gather of every other layout gives the same batches, so the same bits."""
-  from jaxmodels.train import dispatch
+  import dataclasses
+
+  from jaxmodels.train import cpu_path, dispatch
   data = _data(90)  # Padding-free, but 90 // 16 = 5 steps leave 10 examples out each epoch.
   kw = dict(batch_size=16, num_steps=12, progress=False, data_rng=jax.random.PRNGKey(3),
             log_every_steps=4, steps_per_dispatch=1)
@@ -81,7 +83,9 @@ def test_single_steps_on_one_cpu_take_host_batches_with_the_bits_of_the_gathered
   _, state, step, _ = _setup()
   from_host, h_host = jm.fit(state, step, data, **kw)
   assert host_batches == [(e, p) for e in range(3) for p in range(5)][:12]
-  monkeypatch.setattr(dispatch, 'feeds_from_host', lambda mesh: False)
+  execution = cpu_path.execution
+  monkeypatch.setattr(cpu_path, 'execution', lambda mesh: dataclasses.replace(
+      execution(mesh), host_fed_single_steps=False))
   _, state, step, _ = _setup()
   gathered, h_gathered = jm.fit(state, step, data, **kw)
   assert len(host_batches) == 12  # This run gathered its batches inside the program.

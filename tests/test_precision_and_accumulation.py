@@ -86,29 +86,40 @@ def test_remat_gives_the_same_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
 
 
-def test_automatic_micro_batches_on_one_cpu_device_for_models_without_batch_statistics(
-    monkeypatch):
-  from jaxmodels.train import step as step_module
-  batch = {'inputs': np.zeros((512, 8, 8, 1), np.float32)}
-  assert step_module.auto_micro_batches(batch, {}) == 1  # 8 devices here: the mesh decides.
+def test_slice_sizes_split_big_batches_of_models_without_batch_statistics():
+  from jaxmodels.train.step import micro_batch_count
+  slices = (128, 64)
+  assert micro_batch_count(512, slices, {}) == 4   # Slices of 128.
+  assert micro_batch_count(192, slices, {}) == 3   # Of 64.
+  assert micro_batch_count(512, slices, {'batch_stats': {'mean': np.zeros(3)}}) == 1
+  assert micro_batch_count(128, slices, {}) == 1
+  assert micro_batch_count(200, slices, {}) == 1   # Uneven.
+  assert micro_batch_count(512, (), {}) == 1       # The default: the batch stays whole.
+
+
+def test_the_cpu_path_gives_slices_on_one_cpu_device_only(monkeypatch):
+  from jaxmodels.train import cpu_path
+  model = jm.linen_model(SmallCNN())
+  step = jm.make_train_step(model.apply, jm.classification_loss(), optax.sgd(0.1))
+  assert step.slice_sizes == () and not step.unroll  # make_train_step alone: plain defaults.
+  assert cpu_path.tuned(step).slice_sizes == ()  # 8 devices here.
   monkeypatch.setattr(jax, 'device_count', lambda: 1)
-  assert step_module.auto_micro_batches(batch, {}) == 4   # Slices of 128.
-  assert step_module.auto_micro_batches({'inputs': np.zeros((192, 2))}, {}) == 3  # Of 64.
-  assert step_module.auto_micro_batches(batch, {'batch_stats': {'mean': np.zeros(3)}}) == 1
-  assert step_module.auto_micro_batches({'inputs': np.zeros((128, 2))}, {}) == 1
-  assert step_module.auto_micro_batches({'inputs': np.zeros((200, 2))}, {}) == 1  # Uneven.
-  assert step_module.auto_micro_batches(batch, {}, axis_name='data') == 1
+  assert cpu_path.tuned(step).slice_sizes == (128, 64)
+  per_device = jm.make_train_step(model.apply, jm.classification_loss(), optax.sgd(0.1),
+                                  axis_name='data')
+  assert cpu_path.tuned(per_device).slice_sizes == ()
 
 
 def test_micro_batches_run_in_turn_so_their_temporaries_do_not_add_up():
-  """On CPU the slices are unrolled into one program; each slice's activations must be gone
+  """Unrolled (as on CPU), the slices are one program; each slice's activations must be gone
   before the next starts, or slicing a batch saves no memory (and no cache)."""
   model = jm.linen_model(SmallCNN())
   tx = optax.adam(1e-3)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))
 
   def temporaries(batch_size, micro_batches):
-    step = jm.make_train_step(model.apply, jm.classification_loss(), tx, micro_batches=micro_batches)
+    step = jm.make_train_step(model.apply, jm.classification_loss(), tx,
+                              micro_batches=micro_batches, unroll=True)
     batch = {'inputs': jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32),
              'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
     compiled = jax.jit(step).lower(state, batch).compile()

@@ -106,8 +106,9 @@ class _DeferredConv:
       self._value = y if self.bias is None else y + self.bias
     return self._value
 
-  def pooled(self, window: int):
-    return conv_pool(self.x, self.kernel, self.bias, window, self.precision)
+  def pooled(self, window: int, recomputes_exactly: bool):
+    return conv_pool(self.x, self.kernel, self.bias, window, self.precision,
+                     recomputes_exactly=recomputes_exactly)
 
 
 class _DeferredRelu:
@@ -127,12 +128,12 @@ class _DeferredRelu:
 _Deferred = (_DeferredConv, _DeferredRelu)
 
 
-def _pooled(x, window: int):
+def _pooled(x, window: int, recomputes_exactly: bool):
   """The max-pool of x, a value or a deferred convolution and/or ReLU."""
   if isinstance(x, _DeferredRelu):
-    return jax.nn.relu(_pooled(x.x, window))
+    return jax.nn.relu(_pooled(x.x, window, recomputes_exactly))
   if isinstance(x, _DeferredConv):
-    return x.pooled(window)
+    return x.pooled(window, recomputes_exactly)
   return max_pool(x, window)
 
 
@@ -147,7 +148,7 @@ def _bias_of(conv, other):
   return None
 
 
-def _evaluate(jaxpr, consts, *args):
+def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
   """`jax.core.eval_jaxpr`, with the pools swapped and jitted sub-functions inlined."""
   env = {}
   # A convolution, bias add or ReLU is deferred only when one equation uses its result.
@@ -165,7 +166,8 @@ def _evaluate(jaxpr, consts, *args):
   for eqn in jaxpr.eqns:
     window = _pool_window(eqn)
     if window:
-      env[eqn.outvars[0]] = _pooled(read(eqn.invars[0], deferred_ok=True), window)
+      env[eqn.outvars[0]] = _pooled(read(eqn.invars[0], deferred_ok=True), window,
+                                    recomputes_exactly)
       continue
     if _few_input_conv(eqn):
       conv = _DeferredConv.of(eqn, *(read(v) for v in eqn.invars))
@@ -186,7 +188,7 @@ def _evaluate(jaxpr, consts, *args):
     if eqn.primitive.name in _JIT_PRIMITIVES:
       inner = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
       invals = [read(v, deferred_ok=True) for v in eqn.invars]
-      outs = _evaluate(inner.jaxpr, inner.consts, *invals)
+      outs = _evaluate(inner.jaxpr, inner.consts, invals, recomputes_exactly)
     else:
       invals = [read(v) for v in eqn.invars]
       with eqn.ctx.manager:
@@ -196,12 +198,16 @@ def _evaluate(jaxpr, consts, *args):
   return [read(v, deferred_ok=True) for v in jaxpr.outvars]
 
 
-def rewrite_for_cpu(fn):
+def rewrite_for_cpu(fn, *, recomputes_exactly: bool = False):
   """`fn` with its non-overlapping 2-D max-pools computed by `layers.max_pool` and its
   few-input convolutions by `layers.conv_few_inputs` (see the module doc): the same values
   and gradients (to rounding for the convolutions), without select-and-scatter. Arguments that
   are not arrays (e.g. `train=True`) stay static. `fn` is traced once: its jaxpr is then
-  evaluated, with or without substitutions."""
+  evaluated, with or without substitutions. recomputes_exactly: passed to every
+  `layers.conv_pool` (True where the backend recomputes a convolution bit for bit, XLA:CPU).
+  A function this returned is returned as it is."""
+  if getattr(fn, 'rewritten_for_cpu', False):
+    return fn
 
   @functools.wraps(fn)
   def rewritten(*args, **kwargs):
@@ -217,8 +223,9 @@ def rewrite_for_cpu(fn):
 
     values = [leaves[i] for i in dynamic]
     closed, shapes = jax.make_jaxpr(flat_fn, return_shape=True)(*values)
-    outs = _evaluate(closed.jaxpr, closed.consts, *values)
+    outs = _evaluate(closed.jaxpr, closed.consts, values, recomputes_exactly)
     outs = [out.value() if isinstance(out, _Deferred) else out for out in outs]
     return jax.tree.unflatten(jax.tree.structure(shapes), outs)
 
+  rewritten.rewritten_for_cpu = True
   return rewritten

@@ -155,33 +155,24 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
   return _max_pool_2d(x, window)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv_pool(x, kernel, bias, window, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv_pool(x, kernel, bias, window, precision, recomputes_exactly):
   return _max_pool_2d(_conv_few_inputs(x, kernel, precision) + bias, window)
 
 
-def _recomputes_exactly() -> bool:
-  """Whether a convolution recomputed in the backward pass has the forward pass's bits, so
-  that its maximum is the forward output (`_first_max_grads`): on XLA:CPU, which neither
-  contracts nor reassociates the multiply-adds. Other backends may contract them
-  differently in another fusion; there the maximum is taken again."""
-  return jax.default_backend() == 'cpu'
-
-
-def _conv_pool_fwd(x, kernel, bias, window, precision):
-  y = _conv_pool(x, kernel, bias, window, precision)
+def _conv_pool_fwd(x, kernel, bias, window, precision, recomputes_exactly):
+  y = _conv_pool(x, kernel, bias, window, precision, recomputes_exactly)
   return y, (x, kernel, bias, y)
 
 
-def _conv_pool_bwd(window, precision, residuals, g):
+def _conv_pool_bwd(window, precision, recomputes_exactly, residuals, g):
   x, kernel, bias, y = residuals
   kh, kw = kernel.shape[:2]
   # The kernel gradient is summed over the window positions: the gradient each position
-  # gets, times the image patches under the outputs at that position. The full-size
-  # gradient of the convolution's output is never written for it.
+  # gets, times the image patches under the outputs at that position. The full-size gradient
+  # of the convolution's output is never written for it.
   z = _conv_few_inputs(x, kernel, precision) + bias  # Recomputed inside the masks' loops.
-  top = y if _recomputes_exactly() else None
-  grads = _first_max_grads(_window_slices(z, window), g, top=top)
+  grads = _first_max_grads(_window_slices(z, window), g, top=y if recomputes_exactly else None)
   dkernel = dbias = 0.0
   for q, dz in enumerate(grads):
     views = _kernel_views(x, kh, kw, window, divmod(q, window), dz.shape[1:3])
@@ -195,15 +186,22 @@ _conv_pool.defvjp(_conv_pool_fwd, _conv_pool_bwd)
 
 
 def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, window: int,
-              precision=None) -> jax.Array:
+              precision=None, *, recomputes_exactly: bool = False) -> jax.Array:
   """`max_pool(conv_few_inputs(x, kernel) + bias, window)`, equal in value and in gradient
-  (to float rounding); bias (O,) or None.
+  (to float rounding); x (B, H, W, C), kernel (kh, kw, C, O), bias (O,) or None ->
+  (B, (H - kh + 1) // window, (W - kw + 1) // window, O).
 
   The gradient skips the full-size gradient of the convolution's output: each window
   position's share of the pool's gradient meets the image patches under those positions
   directly (the SmallCNN's train step: 1.14x at batch 64, 1.12x at batch 512 on a 2-core
   CPU).
+
+  recomputes_exactly: the backend recomputes the convolution in the backward pass with the
+  forward pass's bits (XLA:CPU, which neither contracts nor reassociates the multiply-adds),
+  so the pool's maximum is taken from the forward output (`_first_max_grads`: 9 of 16
+  quarter-size recomputations for a 2x2 window). False, the safe choice: the maximum is
+  taken again, for backends that may round the recomputation differently.
   """
   if bias is None:
     bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
-  return _conv_pool(x, kernel, bias, window, precision)
+  return _conv_pool(x, kernel, bias, window, precision, recomputes_exactly)

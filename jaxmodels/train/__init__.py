@@ -4,7 +4,8 @@ from jaxmodels.train.callbacks import (Callback, EarlyStopping, LambdaCallback, 
 from jaxmodels.train.classification_report import classification_report, precision_recall_f1
 from jaxmodels.train.evaluate import Evaluate, Evaluator, make_evaluate_fn, scalar_logs
 from jaxmodels.train.guards import NAN_POLICIES, PreemptionGuard, skip_nonfinite
-from jaxmodels.train.loop import FitLoop, History, auto_steps_per_dispatch, fit
+from jaxmodels.train.cpu_path import auto_steps_per_dispatch
+from jaxmodels.train.loop import FitLoop, History, fit
 from jaxmodels.train.losses import (classification_loss, mean_squared_error,
                                     sigmoid_binary_cross_entropy, softmax_cross_entropy)
 from jaxmodels.train.metrics import (Mean, classification_metrics, confusion_matrix, correct, merge,
@@ -15,4 +16,5 @@ from jaxmodels.train.optim import (decay_mask, lr_multiplier, lr_multiplier_valu
                                    set_lr_multiplier, warmup_cosine, with_lr_multiplier)
 from jaxmodels.train.rollback import fit_with_rollback
 from jaxmodels.train.state import TrainState, create_train_state, step_rngs
-from jaxmodels.train.step import make_eval_step, make_predict_fn, make_train_step, with_preprocess
+from jaxmodels.train.step import (TrainStep, make_eval_step, make_predict_fn, make_train_step,
+                                  with_preprocess)

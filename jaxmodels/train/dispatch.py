@@ -1,7 +1,7 @@
 """Runs k train steps per dispatch over device-resident data: one compiled program per
 distinct k, built through `parallel.jit_train_step` (the state's shardings in and out,
-the state donated), ahead of time so that compile time stays out of throughput. On a
-single CPU device single steps read the same batches as host rows (`feeds_from_host`)."""
+the state donated), ahead of time so that compile time stays out of throughput. Single
+steps may read the same batches as host rows instead (`host_fed_single_steps`)."""
 import concurrent.futures
 import functools
 import time
@@ -20,23 +20,19 @@ from jaxmodels.report.throughput import compiled_flops
 from jaxmodels.train.metrics import merge
 
 
-def feeds_from_host(mesh) -> bool:
-  """Whether single steps take their batch from host memory (numpy rows) rather than
-  gathering it inside the program: on a single CPU device, where host memory is the
-  device's. XLA:CPU fuses an in-program gather (or dynamic slice) into every loop that
-  reads the batch, so the SmallCNN's step ran 8% slower in `fit` at batch 64 and 512."""
-  return jax.default_backend() == 'cpu' and mesh.size == 1 and jax.process_count() == 1
-
-
 class StepRunner:
   """`run(state, epoch, position, k)` takes train steps position..position+k-1 of `epoch`.
 
   The batches of an epoch come from `epoch_batch_indices(data_rng, epoch, ...)`,
   so a position names its batch exactly and a resumed run sees the same data.
+  unroll: the k steps of a dispatch as straight-line code rather than a loop.
+  host_fed_single_steps: a single step reads its batch as numpy rows (`take_batch`'s rows)
+  instead of gathering it inside the program; for a single device whose memory is the host's.
   """
 
   def __init__(self, train_step: Callable, state, data: ShardedExamples, batch_size: int,
-               data_rng: jax.Array):
+               data_rng: jax.Array, *, unroll: bool = False,
+               host_fed_single_steps: bool = False):
     self._train_step, self._data = train_step, data
     mesh = data.mesh
     self._epoch_indices = jax.jit(
@@ -52,7 +48,7 @@ class StepRunner:
     self._shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                 (state, (data.arrays, indices, jnp.zeros((), jnp.int32))))
     self._compiled, self.compile_seconds, self.flops_per_step = {}, 0.0, None
-    self._host, self._batch_size = feeds_from_host(mesh), batch_size
+    self._unroll, self._host, self._batch_size = unroll, host_fed_single_steps, batch_size
     self._host_arrays = self._host_indices = None
 
   def _indices_for(self, epoch: int):
@@ -85,12 +81,9 @@ class StepRunner:
       state, step_metrics = one_step(state, index)
       return (state, merge(metrics, step_metrics)), None
 
-    # The first step gives the metrics' structure; the scan runs the rest. XLA:CPU runs
-    # convolution gradients several times slower inside a while loop, so on CPU the scan
-    # is unrolled into straight-line code; elsewhere it stays a loop (faster compiles).
-    unroll = True if jax.default_backend() == 'cpu' else 1
+    # The first step gives the metrics' structure; the scan runs the rest.
     (state, metrics), _ = jax.lax.scan(accumulate, one_step(state, indices[0]), indices[1:],
-                                       unroll=unroll)
+                                       unroll=True if self._unroll else 1)
     return state, metrics
 
   def _lower(self, num_steps: int):

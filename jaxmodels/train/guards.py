@@ -1,5 +1,6 @@
 """Guards around training: NaN/inf handling inside the step, and signals turned into a
 clean stop at a step boundary."""
+import dataclasses
 import signal
 import threading
 from collections.abc import Callable
@@ -12,16 +13,15 @@ from jaxmodels.train.metrics import Mean
 NAN_POLICIES = ('stop', 'skip', 'rollback')
 
 
-def skip_nonfinite(train_step: Callable) -> Callable:
-  """Wraps a train step: when its loss or gradient norm is NaN/inf, the update is dropped.
+@dataclasses.dataclass(frozen=True, eq=False)
+class SkipNonfinite:
+  """`train_step` whose update is dropped when its loss or gradient norm is NaN/inf; see
+  `skip_nonfinite`."""
+  __name__ = 'train_step'  # jit names its program after it (jit_train_step).
+  train_step: Callable
 
-  The step counter still advances (the batch is consumed); params, optimiser
-  state and model state stay as they were; the step's metrics are zeroed except
-  'nonfinite', so logged means cover the good steps only.
-  """
-
-  def step(state, batch):
-    new_state, metrics = train_step(state, batch)
+  def __call__(self, state, batch):
+    new_state, metrics = self.train_step(state, batch)
     ok = jnp.isfinite(metrics['loss'].total) & jnp.isfinite(metrics['grad_norm'].total)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = new_state.replace(params=keep(new_state.params, state.params),
@@ -32,7 +32,15 @@ def skip_nonfinite(train_step: Callable) -> Callable:
     metrics['nonfinite'] = nonfinite
     return new_state, metrics
 
-  return step
+
+def skip_nonfinite(train_step: Callable) -> SkipNonfinite:
+  """Wraps a train step: when its loss or gradient norm is NaN/inf, the update is dropped.
+
+  The step counter still advances (the batch is consumed); params, optimiser
+  state and model state stay as they were; the step's metrics are zeroed except
+  'nonfinite', so logged means cover the good steps only.
+  """
+  return SkipNonfinite(train_step)
 
 
 class PreemptionGuard:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from jaxmodels import parallel
 from jaxmodels.errors import InputError
+from jaxmodels.train import cpu_path
 from jaxmodels.train.callbacks import Callback
 from jaxmodels.train.dispatch import StepRunner
 from jaxmodels.train.evaluate import as_sharded, scalar_logs
@@ -75,9 +76,9 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   in a multi-process run, placed once on the devices of `mesh` (default: one
   device) and split over its batch axes; or a `data.ShardedExamples` already
   there. `batch_size` is global. train_step(state, batch) -> (state, metrics) is
-  pure; fit jits it once with the state's shardings, donates the state (do not
-  reuse the one you pass in), runs `steps_per_dispatch` steps per call (default
-  `auto_steps_per_dispatch`) and syncs
+  pure; fit runs it through `cpu_path.tuned` (the CPU speed path, on CPU), jits it once
+  with the state's shardings, donates the state (do not reuse the one you pass in), runs
+  `steps_per_dispatch` steps per call (default `cpu_path.auto_steps_per_dispatch`) and syncs
   with the host only every `log_every_steps`, when it logs 'loss' and the other
   metrics plus 'examples_per_sec'. Resumes from `state.step`: the data position is
   a function of the step, so nothing is replayed. Everything else is a callback:
@@ -97,9 +98,11 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   callbacks = sorted(callbacks, key=lambda cb: cb.order)
   loop = FitLoop(History(), callbacks, mesh, batch_size, steps_per_epoch, total)
   state = parallel.place_state(state, mesh)
-  steps_per_dispatch = steps_per_dispatch or auto_steps_per_dispatch(batch_size, mesh)
-  runner = StepRunner(train_step, state, data, batch_size,
-                      jax.random.PRNGKey(0) if data_rng is None else data_rng)
+  steps_per_dispatch = steps_per_dispatch or cpu_path.auto_steps_per_dispatch(batch_size, mesh)
+  plan = cpu_path.execution(mesh)
+  runner = StepRunner(cpu_path.tuned(train_step, mesh), state, data, batch_size,
+                      jax.random.PRNGKey(0) if data_rng is None else data_rng,
+                      unroll=plan.unroll, host_fed_single_steps=plan.host_fed_single_steps)
   step = int(state.step)
   bar = tqdm(total=total, initial=step, unit='step', dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0)
@@ -150,16 +153,6 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   for cb in callbacks:
     state = cb.on_fit_end(state, loop.history) or state
   return state, loop.history
-
-
-def auto_steps_per_dispatch(batch_size: int, mesh: Mesh) -> int:
-  """4 steps per call (the host's dispatch cost is paid once for several short steps), but 1
-  on one CPU device, or on CPU past 128 examples per device. There the host dispatches ahead
-  of the device anyway, and XLA:CPU compiles k unrolled steps in k times the time: 2.3 s
-  against 0.8 s for the SmallCNN, the same images/s after it."""
-  per_device = batch_size // max(mesh.size, 1)
-  cpu = jax.default_backend() == 'cpu'
-  return 1 if cpu and (mesh.size == 1 or per_device > 128) else 4
 
 
 _merge = jax.jit(merge)  # One dispatch for every metric leaf, not one per leaf.

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmodels.train import cpu_path
 from jaxmodels.train.model import as_model
 
 
@@ -29,18 +30,17 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   model: a `Model`, Linen module or NNX module. example_inputs: one batch of
   inputs (only shapes and dtypes matter). Pure, so `jax.jit(...)` or
   `jax.eval_shape(...)` of it works; called directly it runs as one compiled program
-  (rather than op by op, which compiles dozens of tiny programs).
+  (rather than op by op, which compiles dozens of tiny programs). The params are drawn
+  with the threefry `cpu_path.partitionable_threefry_at_init` picks.
   """
-  return _create_train_state(as_model(model), tx, rng, example_inputs)
+  return _create_train_state(as_model(model), tx, rng, example_inputs,
+                             cpu_path.partitionable_threefry_at_init())
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _create_train_state(model, tx, rng, example_inputs) -> TrainState:
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _create_train_state(model, tx, rng, example_inputs, partitionable_threefry) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  # XLA:CPU compiles the partitionable threefry of small rank-3/4 draws (conv and attention
-  # kernels) for seconds each; on CPU the classic one draws the initial params instead.
-  # Elsewhere the partitionable one lets sharded params be drawn shard by shard.
-  with jax.threefry_partitionable(jax.default_backend() != 'cpu'):
+  with jax.threefry_partitionable(partitionable_threefry):
     variables = dict(model.init(init_rng, example_inputs))
   params = variables.pop('params')
   return TrainState(

@@ -4,13 +4,14 @@ sharding and donation are applied by the caller.
 A batch is a dict: 'inputs' (B, ...), 'labels' (B, ...), and optionally
 'mask' (B,) float, 0 for padding examples.
 """
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmodels.models.fast_path import rewrite_for_cpu
 from jaxmodels.train.guards import nonfinite_metric
 from jaxmodels.train.metrics import Mean
 from jaxmodels.train.optim import lr_multiplier_value
@@ -53,31 +54,122 @@ def _after(tree, batch):
   return dict(batch, inputs=jax.tree.map(lambda x: x + nan.astype(x.dtype), batch['inputs']))
 
 
-CPU_SLICES = (128, 64)  # Slice sizes where a CPU's caches still hold a CNN's activations.
-
-
-def auto_micro_batches(batch, model_state, axis_name=None) -> int:
-  """How many slices `make_train_step` accumulates over by default: on a single CPU device,
-  batches over 128 split into slices of 128, or of 64 if 128 does not divide them.
-  XLA:CPU's convolutions slow down per example once the activations leave the caches
-  (the SmallCNN: 7,200 img/s at batch 256 in one piece, 12,000 in two slices of 128); the
-  update is the same. Slices of 128 run as fast as slices of 64 and compile in two thirds
-  of the time (fewer unrolled copies). Never for models with batch statistics (a slice
-  would see different ones), under a mesh, or elsewhere: 1."""
-  size = jax.tree.leaves(batch)[0].shape[0]
-  single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1 and axis_name is None
-  if single_cpu and not jax.tree.leaves(model_state) and size > CPU_SLICES[0]:
-    for slice_size in CPU_SLICES:
-      if size % slice_size == 0:
-        return size // slice_size
+def micro_batch_count(batch_size: int, slice_sizes: tuple[int, ...], model_state) -> int:
+  """How many slices a batch of `batch_size` is accumulated over when no count is given: a
+  batch over slice_sizes[0] splits into slices of the first size that divides it. Never for
+  models with batch statistics (a slice would see different ones): 1 then, and with no
+  slice sizes, or when none divides the batch."""
+  if slice_sizes and not jax.tree.leaves(model_state) and batch_size > slice_sizes[0]:
+    for slice_size in slice_sizes:
+      if batch_size % slice_size == 0:
+        return batch_size // slice_size
   return 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainStep:
+  """`train_step(state, batch) -> (state, metrics)`, as `make_train_step` builds it: pure, with
+  its knobs as fields, so that a wrapper can rebuild it with others (`dataclasses.replace`;
+  `cpu_path.tuned` does, for XLA:CPU). Hashed by identity, like a function.
+
+  apply_fn: `Model.apply`. loss_fn(outputs, batch) -> per-example losses.
+  metrics_fn(outputs, batch, losses, weights) -> dict of mergeable metrics.
+  micro_batches: accumulate gradients over this many slices of the batch (a `lax.scan`), then
+    update once; None: `micro_batch_count(B, slice_sizes, model_state)`.
+  slice_sizes: the slice sizes a batch may be split into when micro_batches is None; () keeps
+    the batch whole.
+  unroll: run the micro-batch scan as straight-line code, each slice's inputs waiting for the
+    previous slice's gradients (`_after`).
+  axis_name: mesh axis (or axes) to reduce over under `jax.shard_map`.
+  """
+  __name__ = 'train_step'  # jit names its program after it (jit_train_step).
+  apply_fn: Callable
+  loss_fn: Callable
+  tx: optax.GradientTransformation
+  metrics_fn: Callable | None = None
+  learning_rate_fn: Callable | None = None
+  micro_batches: int | None = None
+  slice_sizes: tuple[int, ...] = ()
+  unroll: bool = False
+  axis_name: Any = None
+
+  def _grads_of_sum(self, state, batch, rngs):
+    """Gradients of the weighted loss *sum* (not mean), so slices and devices add up."""
+
+    def objective(params):
+      variables = {'params': params, **state.model_state}
+      outputs, model_state = self.apply_fn(variables, batch['inputs'], train=True, rngs=rngs)
+      losses = self.loss_fn(outputs, batch)
+      weights = _weights(batch, losses)
+      metrics = dict(self.metrics_fn(outputs, batch, losses, weights)) if self.metrics_fn else {}
+      metrics['loss'] = Mean.of(losses, weights)
+      return jnp.sum(losses * weights), (model_state, metrics, jnp.sum(weights))
+
+    (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    return grads, aux
+
+  def _accumulate(self, state, batch, rngs):
+    num = self.micro_batches or micro_batch_count(jax.tree.leaves(batch)[0].shape[0],
+                                                  self.slice_sizes, state.model_state)
+    if num == 1:
+      return self._grads_of_sum(state, batch, rngs)
+
+    def body(carry, micro):
+      grads, model_state, metrics, count = carry
+      i, micro_batch = micro
+      if self.unroll:
+        micro_batch = _after(grads, micro_batch)
+      micro_rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
+      g, (model_state, m, c) = self._grads_of_sum(state.replace(model_state=model_state),
+                                                  micro_batch, micro_rngs)
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
+      return (add(grads, g), model_state, add(metrics, m), count + c), None
+
+    micro = (jnp.arange(num), _split_micro_batches(batch, num))
+    shapes = jax.eval_shape(self._grads_of_sum, state, jax.tree.map(lambda x: x[0], micro[1]),
+                            rngs)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    carry = (zeros[0], state.model_state, zeros[1][1], zeros[1][2])
+    (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro,
+                                                           unroll=True if self.unroll else 1)
+    return grads, (model_state, metrics, count)
+
+  def __call__(self, state: TrainState, batch):
+    axis_name = self.axis_name
+    rngs = step_rngs(state, 'dropout')
+    if axis_name is not None:  # Each device draws its own dropout masks.
+      rngs = {k: jax.random.fold_in(v, jax.lax.axis_index(axis_name)) for k, v in rngs.items()}
+    grads, (model_state, metrics, count) = self._accumulate(state, batch, rngs)
+    if axis_name is not None:
+      # pmean of sums over pmean of counts = the global mean, whatever each device's mask.
+      grads = jax.lax.pmean(grads, axis_name)
+      count = jax.lax.pmean(count, axis_name)
+      metrics = jax.lax.psum(metrics, axis_name)
+      model_state = jax.tree.map(  # Batch statistics; integer leaves (counters) agree already.
+          lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+          model_state)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    grad_norm = optax.tree.norm(grads)
+    metrics['grad_norm'] = Mean.of(grad_norm)
+    metrics['param_norm'] = Mean.of(optax.tree.norm(params))
+    metrics['nonfinite'] = nonfinite_metric(metrics['loss'].total, grad_norm)
+    if self.learning_rate_fn is not None:  # The rate in effect: the schedule times any multiplier.
+      metrics['learning_rate'] = Mean.of(self.learning_rate_fn(state.step) *
+                                         lr_multiplier_value(state.opt_state))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return new_state, metrics
 
 
 def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
                     metrics_fn: Callable | None = None,
                     learning_rate_fn: Callable | None = None, *,
-                    micro_batches: int | None = None, axis_name=None) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)`.
+                    micro_batches: int | None = None, slice_sizes: tuple[int, ...] = (),
+                    unroll: bool = False, axis_name=None) -> TrainStep:
+  """Returns `train_step(state, batch) -> (state, metrics)` (a `TrainStep`).
 
   apply_fn: `Model.apply`. loss_fn(outputs, batch) -> per-example losses.
   metrics_fn(outputs, batch, losses, weights) -> dict of mergeable metrics.
@@ -88,89 +180,21 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTra
 
   micro_batches: accumulate gradients over this many slices of the batch (a
     `lax.scan`), then update once; the update equals one step on the whole
-    batch, with the activation memory of one slice. None: `auto_micro_batches`
-    (slices of 128 or 64 on a single CPU device, for models without batch statistics).
+    batch, with the activation memory of one slice. None: slices of the first of
+    `slice_sizes` that divides a batch larger than slice_sizes[0] (`micro_batch_count`);
+    with the default () the batch stays whole.
+  unroll: the micro-batch scan as straight-line code (faster on XLA:CPU).
   axis_name: mesh axis (or axes) to reduce over when the step runs per device
     under `jax.shard_map` (the pmap style): gradients are `lax.pmean`ed,
     metric sums `psum`ed and model state (batch statistics) `pmean`ed.
+
+  The step is the same on every device. `fit` runs it through `cpu_path.tuned`, which on
+  XLA:CPU rewrites apply_fn and picks slice sizes and unrolling; call that yourself before
+  `jax.jit` in your own loop, or before `parallel.per_device_step`.
   """
-
-  # On CPU, max-pools are differentiated without select-and-scatter and first-layer convs
-  # run as fused multiply-adds (see models.fast_path): the same numbers (convs to rounding),
-  # several times faster, for any model's nn.max_pool and nn.Conv.
-  forward = rewrite_for_cpu(apply_fn) if jax.default_backend() == 'cpu' else apply_fn
-
-  def grads_of_sum(state, batch, rngs):
-    """Gradients of the weighted loss *sum* (not mean), so slices and devices add up."""
-
-    def objective(params):
-      variables = {'params': params, **state.model_state}
-      outputs, model_state = forward(variables, batch['inputs'], train=True, rngs=rngs)
-      losses = loss_fn(outputs, batch)
-      weights = _weights(batch, losses)
-      metrics = dict(metrics_fn(outputs, batch, losses, weights)) if metrics_fn else {}
-      metrics['loss'] = Mean.of(losses, weights)
-      return jnp.sum(losses * weights), (model_state, metrics, jnp.sum(weights))
-
-    (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    return grads, aux
-
-  def accumulate(state, batch, rngs):
-    num = micro_batches or auto_micro_batches(batch, state.model_state, axis_name)
-    if num == 1:
-      return grads_of_sum(state, batch, rngs)
-
-    # Unrolled on CPU, where XLA runs convolution gradients slowly inside a while loop.
-    cpu = jax.default_backend() == 'cpu'
-
-    def body(carry, micro):
-      grads, model_state, metrics, count = carry
-      i, micro_batch = micro
-      if cpu:
-        micro_batch = _after(grads, micro_batch)
-      micro_rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
-      g, (model_state, m, c) = grads_of_sum(state.replace(model_state=model_state), micro_batch,
-                                            micro_rngs)
-      add = lambda a, b: jax.tree.map(jnp.add, a, b)
-      return (add(grads, g), model_state, add(metrics, m), count + c), None
-
-    micro = (jnp.arange(num), _split_micro_batches(batch, num))
-    shapes = jax.eval_shape(grads_of_sum, state, jax.tree.map(lambda x: x[0], micro[1]), rngs)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    carry = (zeros[0], state.model_state, zeros[1][1], zeros[1][2])
-    (grads, model_state, metrics, count), _ = jax.lax.scan(body, carry, micro,
-                                                           unroll=True if cpu else 1)
-    return grads, (model_state, metrics, count)
-
-  def train_step(state: TrainState, batch):
-    rngs = step_rngs(state, 'dropout')
-    if axis_name is not None:  # Each device draws its own dropout masks.
-      rngs = {k: jax.random.fold_in(v, jax.lax.axis_index(axis_name)) for k, v in rngs.items()}
-    grads, (model_state, metrics, count) = accumulate(state, batch, rngs)
-    if axis_name is not None:
-      # pmean of sums over pmean of counts = the global mean, whatever each device's mask.
-      grads = jax.lax.pmean(grads, axis_name)
-      count = jax.lax.pmean(count, axis_name)
-      metrics = jax.lax.psum(metrics, axis_name)
-      model_state = jax.tree.map(  # Batch statistics; integer leaves (counters) agree already.
-          lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-          model_state)
-    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    grad_norm = optax.tree.norm(grads)
-    metrics['grad_norm'] = Mean.of(grad_norm)
-    metrics['param_norm'] = Mean.of(optax.tree.norm(params))
-    metrics['nonfinite'] = nonfinite_metric(metrics['loss'].total, grad_norm)
-    if learning_rate_fn is not None:  # The rate in effect: the schedule times any multiplier.
-      metrics['learning_rate'] = Mean.of(learning_rate_fn(state.step) *
-                                         lr_multiplier_value(state.opt_state))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
-    return new_state, metrics
-
-  return train_step
+  return TrainStep(apply_fn, loss_fn, tx, metrics_fn, learning_rate_fn,
+                   micro_batches=micro_batches, slice_sizes=tuple(slice_sizes), unroll=unroll,
+                   axis_name=axis_name)
 
 
 def make_eval_step(apply_fn: Callable, loss_fn: Callable,
@@ -199,13 +223,21 @@ def make_predict_fn(apply_fn: Callable) -> Callable:
   return predict
 
 
-def with_preprocess(step_fn: Callable, preprocess: Callable) -> Callable:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preprocessed:
+  """`train_step` on `preprocess(rng, batch)`; see `with_preprocess`."""
+  __name__ = 'train_step'  # jit names its program after it (jit_train_step).
+  train_step: Callable
+  preprocess: Callable
+
+  def __call__(self, state: TrainState, batch):
+    rng = step_rngs(state, 'preprocess')['preprocess']
+    return self.train_step(state, self.preprocess(rng, batch))
+
+
+def with_preprocess(step_fn: Callable, preprocess: Callable) -> Preprocessed:
   """Applies `preprocess(rng, batch) -> batch` (normalise, augment) before a train step.
 
   The key comes from (state.rng, state.step), so it is reproducible and resumable.
   """
-
-  def step(state: TrainState, batch):
-    return step_fn(state, preprocess(step_rngs(state, 'preprocess')['preprocess'], batch))
-
-  return step
+  return Preprocessed(step_fn, preprocess)
