@@ -15,7 +15,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxmodels.models import BertEncoder
+from jaxmodels.models import bert_encoder_of
 from jaxmodels.pretrained import TextTokenizer, load_pretrained
 
 SENTENCES = [
@@ -47,7 +47,7 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def jaxmodels_embeddings(directory: str, length: int = 128):
   tokens = TextTokenizer.from_file(directory).encode(SENTENCES, length)
   module, variables = load_pretrained(directory)
-  encoder = BertEncoder(**module.bert_options())
+  encoder = bert_encoder_of(module)
   with jax.default_matmul_precision('highest'):
     hidden, _ = encoder.apply({'params': variables['params']['bert']}, tokens)
   return mean_pool(np.asarray(hidden), tokens != 0), tokens

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 from jaxmodels.compress import measure  # noqa: E402
 from jaxmodels.compress.channels import prune_run_channels  # noqa: E402
 from jaxmodels.compress.quantize import SCHEMES, quantize_run  # noqa: E402
-from jaxmodels.tasks.trained import TrainedRun  # noqa: E402
+from jaxmodels.runs.trained import TrainedRun  # noqa: E402
 
 FLOAT_RUNS = {'prune50': 'pruned 50 %', 'prune80': 'pruned 80 %',
               'distill': 'distilled student', 'distill_t2a5': 'distilled student, T 2 alpha 0.5',

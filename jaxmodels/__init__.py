@@ -14,9 +14,21 @@ from jaxmodels.train import (Callback, EarlyStopping, Evaluate, History, LambdaC
                              confusion_matrix, create_train_state, decay_mask, fit,
                              function_model, linen_model, make_eval_step, make_evaluate_fn,
                              make_optimizer, make_predict_fn, make_schedule, make_train_step,
-                             mean_squared_error, merge, nnx_model, one_cycle, precision_recall_f1,
+                             merge, nnx_model, one_cycle, precision_recall_f1,
                              sigmoid_binary_cross_entropy, softmax_cross_entropy, step_rngs,
                              summarize, top_k_correct, warmup_cosine, with_preprocess)
+
+__all__ = ['as_model', 'Callback', 'checkpoint', 'CheckpointError', 'classification_loss',
+           'classification_metrics', 'classification_report', 'ConfigError', 'confusion_matrix',
+           'create_train_state', 'data', 'DataError', 'DataUnavailableError', 'decay_mask',
+           'EarlyStopping', 'enable_compilation_cache', 'Evaluate', 'fit', 'function_model',
+           'History', 'InputError', 'LambdaCallback', 'linen_model', 'load_dataset', 'LogWriter',
+           'make_augment', 'make_eval_step', 'make_evaluate_fn', 'make_optimizer',
+           'make_predict_fn', 'make_schedule', 'make_train_step', 'Mean', 'merge', 'Model',
+           'models', 'nnx_model', 'NonFiniteError', 'normalize', 'one_cycle', 'parallel',
+           'precision_recall_f1', 'Preempted', 'report', 'sigmoid_binary_cross_entropy',
+           'softmax_cross_entropy', 'step_rngs', 'summarize', 'TerminateOnNaN', 'top_k_correct',
+           'TrainState', 'UserError', 'warmup_cosine', 'with_preprocess']
 
 __version__ = '0.1.0'
 

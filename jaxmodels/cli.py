@@ -26,6 +26,27 @@ EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: try again (schedulers requeue on i
 EXIT_INTERRUPTED = 130
 
 
+def default_extensions() -> tuple:
+  """The extensions every experiment applies, in order; each is off until its config fields
+  turn it on: start from other weights (init_from), fine-tune (finetune.*), train through
+  int8 rounding (quantization.qat), prune (pruning.*), record test predictions
+  (report.num_test_predictions) and add saliency.png (explain.*)."""
+  from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
+  from jaxmodels.explain.run_report import SaliencyReport
+  from jaxmodels.tasks.finetune import FineTune
+  from jaxmodels.tasks.init_from import InitFrom
+  from jaxmodels.tasks.sample_predictions import SamplePredictions
+  return (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(), SamplePredictions(),
+          SaliencyReport())
+
+
+def default_config(task):
+  """The default config of an experiment of `task`: the run's, the task's and the default
+  extensions' fields (what a config file's `get_config` starts from)."""
+  from jaxmodels.tasks import runner
+  return runner.default_config(task, default_extensions())
+
+
 def load_config_file(path: str):
   """`get_config()` of the Python file at `path`; 'file.py:variant' calls get_config('variant')
   (ml_collections' convention for a file with several recipes). ConfigError if it fails."""
@@ -41,28 +62,6 @@ def load_config_file(path: str):
   except Exception as e:  # The file is the user's code: any error is bad input.
     raise ConfigError(f'cannot load config {path!r}: {type(e).__name__}: '
                       f'{" ".join(str(e).split())[:200]}', key='config') from None
-
-
-def apply_overrides(config, schema, overrides: list[tuple[str, str]]) -> None:
-  """Sets each (key, text) in `config`, parsed as the type of the value it replaces."""
-  from jaxmodels.errors import ConfigError
-  from jaxmodels.schema import flatten, parse_value
-  values = flatten(config)
-  for key, text in overrides:
-    schema.check_key(key)
-    *parents, leaf = key.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
-    like = values[key] if key in values else (schema.fields[key].default if key in schema.fields
-                                               else None)
-    try:
-      value = parse_value(text, like)
-    except (ValueError, SyntaxError):
-      kind = type(like).__name__
-      raise ConfigError(f'cannot read {text!r} as the {kind} that {key} takes', key=key) from None
-    with node.unlocked():  # Model options the config file did not set are new keys.
-      node[leaf] = tuple(value) if isinstance(like, tuple) and isinstance(value, list) else value
 
 
 def _flag_of(key: str) -> str:
@@ -116,13 +115,6 @@ def _overrides(rest: list[str], prefix: str = '--config.') -> list[tuple[str, st
   return out
 
 
-def parsed_overrides(config, overrides) -> dict:
-  """{key: the value it now has in config} for the (key, text) overrides just applied."""
-  from jaxmodels.schema import flatten
-  values = flatten(config)
-  return {k: values[k] for k in dict(overrides)}
-
-
 def usage(doc: str, default_workdir: str, config, schema) -> str:
   return '\n'.join([
       doc.strip(), '', 'flags:',
@@ -150,7 +142,7 @@ def usage(doc: str, default_workdir: str, config, schema) -> str:
       'interrupted.'])
 
 
-def _sweep(task, config, schema, args, specs) -> None:
+def _sweep(task, config, schema, args, specs, extensions) -> None:
   from jaxmodels import sweep
   from jaxmodels.errors import ConfigError
   if not args.sweep:
@@ -162,7 +154,7 @@ def _sweep(task, config, schema, args, specs) -> None:
   sweep.run_sweep(task, config, schema, args.workdir,
                   [sweep.parse_dimension(key, spec) for key, spec in specs], mode=args.sweep,
                   trials=args.sweep_trials, metric=metric, direction=direction,
-                  seed=args.sweep_seed)
+                  seed=args.sweep_seed, extensions=extensions)
 
 
 def run(task, experiment_file: str) -> None:
@@ -183,22 +175,23 @@ def run(task, experiment_file: str) -> None:
 
   try:
     args, rest = _parser(default_workdir, config_file).parse_known_args(sys.argv[1:])
-    schema = runner.schema_of(task)
+    extensions = default_extensions()
+    schema = runner.schema_of(task, extensions)
     config = load_config_file(args.config)
     if args.help:
       print(usage(sys.modules['__main__'].__doc__ or '', default_workdir, config, schema))
       sys.exit(0)
     overrides = _overrides(rest)
-    apply_overrides(config, schema, overrides)
+    overridden = schema.apply_overrides(config, overrides)
     from jaxmodels import parallel
     from jaxmodels.compilation_cache import enable_compilation_cache
     enable_compilation_cache(args.compilation_cache)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
     if args.sweep or _overrides(rest, '--sweep.'):
-      _sweep(task, config, schema, args, _overrides(rest, '--sweep.'))
+      _sweep(task, config, schema, args, _overrides(rest, '--sweep.'), extensions)
     else:
-      runner.run(task, config, args.workdir, overrides=parsed_overrides(config, overrides))
+      runner.run(task, config, args.workdir, extensions=extensions, overrides=overridden)
   except USER_ERRORS as e:
     flag = f' (set with {_flag_of(e.key)}=...)' if getattr(e, 'key', None) else ''
     print(f'error: {e}{flag}', file=sys.stderr)
@@ -207,7 +200,7 @@ def run(task, experiment_file: str) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
   except Preempted as e:
-    print(str(e), file=sys.stderr)
+    print(f'{e}: run the same command again', file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except KeyboardInterrupt:
     print('interrupted', file=sys.stderr)

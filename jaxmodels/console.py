@@ -9,14 +9,14 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {}
-COMMANDS['export'] = ('jaxmodels.serve.export', 'export a finished run as a jax.export artifact')
-COMMANDS['predict'] = ('jaxmodels.serve.predict', "an exported model's top-k labels for inputs")
-COMMANDS['serve'] = ('jaxmodels.serve.server', 'serve an exported model over HTTP (batched)')
-COMMANDS['quantize'] = ('jaxmodels.compress.quantize_command',
+COMMANDS['export'] = ('jaxmodels.commands.export', 'export a finished run as a jax.export artifact')
+COMMANDS['predict'] = ('jaxmodels.commands.predict', "an exported model's top-k labels for inputs")
+COMMANDS['serve'] = ('jaxmodels.commands.serve', 'serve an exported model over HTTP (batched)')
+COMMANDS['quantize'] = ('jaxmodels.commands.quantize',
                         'int8 post-training quantisation of a finished run')
-COMMANDS['prune-channels'] = ('jaxmodels.compress.prune_command',
+COMMANDS['prune-channels'] = ('jaxmodels.commands.prune_channels',
                               'structured channel pruning of a finished CNN run into a new run')
-COMMANDS['explain'] = ('jaxmodels.explain.command',
+COMMANDS['explain'] = ('jaxmodels.commands.explain',
                        "what a finished run's model looks at: saliency, integrated gradients, "
                        'Grad-CAM, attention maps')
 

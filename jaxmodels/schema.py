@@ -5,6 +5,8 @@
     SCHEMA.validate(config)              # ConfigError (one line) for the first bad value
     SCHEMA.resumable('train.num_steps')  # may this key change when a run resumes?
     SCHEMA.describe(config)              # the --help text
+    SCHEMA.apply_overrides(config, [('train.batch_size', '64')])   # typed by the field
+    steps_of(config.train, steps_per_epoch, 'num')   # a duration: num_steps or num_epochs
 
 Keys are dotted paths. A section listed in `open_sections` (the model's options)
 takes any key; the code that reads it checks those.
@@ -148,7 +150,7 @@ class Schema:
     if key in self.fields or self._is_open(key) or any(k.startswith(key + '.') for k in self.fields):
       return
     close = difflib.get_close_matches(key, self.fields, n=3)
-    hint = f'did you mean {" or ".join(close)}?' if close else 'see --help for the keys'
+    hint = f'did you mean {" or ".join(close)}?' if close else 'no field has a similar name'
     raise ConfigError(f'unknown config key {key!r}; {hint}', key=key)
 
   def validate(self, config) -> None:
@@ -166,6 +168,29 @@ class Schema:
       if field.check is not None and not field.check(value):
         raise ConfigError(f'{key} {field.requirement}, got {value!r}', key=key)
 
+  def apply_overrides(self, config, overrides: list[tuple[str, str]]) -> dict:
+    """Sets each (key, text) in `config`, parsed as the type of the value it replaces (or of
+    the field's default); returns {key: the value it now has}. ConfigError for an unknown key
+    or a text that cannot be read as that type."""
+    values = flatten(config)
+    for key, text in overrides:
+      self.check_key(key)
+      *parents, leaf = key.split('.')
+      node = config
+      for part in parents:
+        node = node[part]
+      like = values[key] if key in values else (self.fields[key].default if key in self.fields
+                                                 else None)
+      try:
+        value = parse_value(text, like)
+      except (ValueError, SyntaxError):
+        raise ConfigError(f'cannot read {text!r} as the {type(like).__name__} that {key} takes',
+                          key=key) from None
+      with node.unlocked():  # Model options the config file did not set are new keys.
+        node[leaf] = tuple(value) if isinstance(like, tuple) and isinstance(value, list) else value
+    values = flatten(config)
+    return {key: values[key] for key in dict(overrides)}
+
   def resumable(self, key: str) -> bool:
     field = self.fields.get(key)
     return field is not None and field.resumable
@@ -180,3 +205,10 @@ class Schema:
       resume = ' [may change on resume]' if field and field.resumable else ''
       lines.append(f'  {key} = {value!r}\n      {help_text}{resume}')
     return '\n'.join(lines)
+
+
+def steps_of(config, steps_per_epoch: int, name: str, default: int = 0) -> int:
+  """A duration in steps from `<name>_steps` or `<name>_epochs` of a config section (steps
+  win; `default` when both are 0): `steps_of(config.train, 469, 'num')`."""
+  steps, epochs = config.get(f'{name}_steps', 0), config.get(f'{name}_epochs', 0)
+  return int(steps) if steps else (round(epochs * steps_per_epoch) if epochs else default)

@@ -3,6 +3,9 @@ an MLP on 8x8 grayscale images where class k lights row k's block, trained for a
 import numpy as np
 
 from jaxmodels.tasks import image_classification, runner
+from jaxmodels.cli import default_extensions
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 CLASSES = [f'class{k}' for k in range(8)]
 
@@ -36,7 +39,7 @@ def train(directory) -> str:
   np.savez(data / 'train.npz', image=train_images, label=train_labels,
            class_names=np.array(CLASSES))
   np.savez(data / 'test.npz', image=test_images, label=test_labels)
-  config = runner.default_config(image_classification.TASK)
+  config = runner.default_config(image_classification.TASK, EXTENSIONS)
   config.data.update(name='blobs', local_dir=str(data))
   config.model = dict(name='mlp', hidden=(96,), dropout=0.0)
   config.optimizer.update(learning_rate=1e-2, warmup_epochs=0.0)
@@ -44,5 +47,5 @@ def train(directory) -> str:
                       eval_batch_size=64, steps_per_dispatch=1, progress=False)
   config.report.num_test_predictions = 12
   workdir = str(directory / 'run')
-  runner.run(image_classification.TASK, config, workdir)
+  runner.run(image_classification.TASK, config, workdir, extensions=EXTENSIONS)
   return workdir

@@ -15,18 +15,22 @@ import optax
 import pytest
 
 import jaxmodels as jm
-from jaxmodels import cli, parallel
+from jaxmodels import parallel
 from jaxmodels.checkpoint import Checkpointer, restore_or_init
 from jaxmodels.data import (ImageClassificationData, load_dataset, make_augment, read_idx,
                             write_idx)
 from jaxmodels.models import MLP, SmallCNN
 from jaxmodels.tasks import image_classification, runner
+from jaxmodels.cli import default_extensions
+from jaxmodels.tasks.init_from import InitFrom
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _config(**changes):
-  config = runner.default_config(image_classification.TASK)
+  config = runner.default_config(image_classification.TASK, EXTENSIONS)
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split('.')
@@ -36,8 +40,12 @@ def _config(**changes):
   return config
 
 
+def _schema():
+  return runner.schema_of(image_classification.TASK, EXTENSIONS)
+
+
 def _validate(**changes):
-  return lambda tmp: runner.validate(image_classification.TASK, _config(**changes))
+  return lambda tmp: runner.validate(image_classification.TASK, _config(**changes), EXTENSIONS)
 
 
 def _mlp_fit(**kwargs):
@@ -86,7 +94,7 @@ def _wrong_type(tmp):
   """A config built from a plain dict, where ConfigDict's own type checks do not reach."""
   raw = _config().to_dict()
   raw['train']['batch_size'] = 'big'
-  runner.validate(image_classification.TASK, ml_collections.ConfigDict(raw))
+  runner.validate(image_classification.TASK, ml_collections.ConfigDict(raw), EXTENSIONS)
 
 
 def _binary_corpus(tmp):
@@ -157,8 +165,9 @@ def _init_from_missing(tmp):
   config = _config(init_from=str(tmp / 'nowhere'))
   module = MLP(hidden=(8,))
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  runner.restore_or_create(module, jm.linen_model(module), optax.sgd(0.1), config, mesh,
-                           jnp.zeros((1, 4)), Checkpointer(str(tmp / 'ck')))
+  state, _ = runner.restore_or_create(module, jm.linen_model(module), optax.sgd(0.1), config,
+                                      mesh, jnp.zeros((1, 4)), Checkpointer(str(tmp / 'ck')))
+  InitFrom().initialize(config, module, state)  # The fresh state starts from init_from.
 
 
 CASES = [
@@ -178,21 +187,22 @@ CASES = [
     ('global batch the mesh does not divide', _mlp_fit(batch_size=12,
                                                        mesh=parallel.make_mesh({'data': 8})),
      jm.DataError, 'not divisible by the 8 batch shards'),
-    ('batch larger than the data', _mlp_fit(batch_size=64), jm.InputError, 'larger than the training set'),
-    ('zero batch in fit', _mlp_fit(batch_size=0), jm.InputError, 'batch_size must be > 0'),
+    ('batch larger than the data', _mlp_fit(batch_size=64), jm.DataError,
+     'larger than the training set'),
+    ('zero batch in fit', _mlp_fit(batch_size=0), jm.DataError, 'batch_size must be > 0'),
     ('both num_steps and num_epochs', _mlp_fit(num_epochs=1), jm.InputError, 'exactly one'),
     ('a hook LambdaCallback does not have', lambda tmp: jm.LambdaCallback(on_epoch=print),
      TypeError, "LambdaCallback has no hook 'on_epoch'"),
     # Config.
-    ('unknown config key', lambda tmp: cli.apply_overrides(
-        _config(), runner.schema_of(image_classification.TASK), [('train.batch_sise', '2')]),
+    ('unknown config key', lambda tmp: _schema().apply_overrides(
+        _config(), [('train.batch_sise', '2')]),
      jm.ConfigError, "unknown config key 'train.batch_sise'; did you mean train.batch_size"),
-    ('a value that does not parse', lambda tmp: cli.apply_overrides(
-        _config(), runner.schema_of(image_classification.TASK), [('train.batch_size', 'abc')]),
+    ('a value that does not parse', lambda tmp: _schema().apply_overrides(
+        _config(), [('train.batch_size', 'abc')]),
      jm.ConfigError, "cannot read 'abc' as the int that train.batch_size takes"),
     ('a model the task cannot train', _validate(**{'model.name': 'gpt'}), jm.ConfigError,
      'model.name must be one of mlp, small_cnn'),
-    ('an option of no model', lambda tmp: image_classification.TASK.build_model(
+    ('an option of no model', lambda tmp: image_classification.TASK.model_arguments(
         _config(**{'model.widht': 3}), None), jm.ConfigError,
      'model.widht is an option of no model'),
     ('a config value of the wrong type', _wrong_type, jm.ConfigError,

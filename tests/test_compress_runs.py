@@ -8,8 +8,11 @@ import pytest
 from jaxmodels.checkpoint import checkpoint_dir, read_variables
 from jaxmodels.compress.channels import prune_run_channels
 from jaxmodels.tasks import distillation, image_classification, runner
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.trained import TrainedRun
+from jaxmodels.cli import default_extensions
 
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 def _spots(directory):
   rng = np.random.default_rng(0)
@@ -24,7 +27,7 @@ def _spots(directory):
 
 
 def _config(task, directory, model):
-  config = runner.default_config(task)
+  config = runner.default_config(task, EXTENSIONS)
   config.data.update(name='spots', local_dir=str(directory), val_fraction=0.0)
   config.model = model
   config.train.update(batch_size=16, num_steps=8, steps_per_dispatch=4, progress=False)
@@ -36,13 +39,13 @@ def test_distillation_checkpoints_only_the_student_and_channel_pruning_round_tri
   images = _spots(tmp_path / 'spots')
   teacher = _config(image_classification.TASK, tmp_path / 'spots',
                     dict(name='three_conv_cnn', widths=(8, 12), dense=20, batch_norm=True))
-  runner.run(image_classification.TASK, teacher, str(tmp_path / 'teacher'))
+  runner.run(image_classification.TASK, teacher, str(tmp_path / 'teacher'), extensions=EXTENSIONS)
 
   student = _config(distillation.TASK, tmp_path / 'spots',
                     dict(name='three_conv_cnn', widths=(4, 6), dense=8, batch_norm=True))
   student.distill.teachers = f"{tmp_path / 'teacher'},{tmp_path / 'teacher'}"
   student.augment.flip = True
-  summary = runner.run(distillation.TASK, student, str(tmp_path / 'student'))
+  summary = runner.run(distillation.TASK, student, str(tmp_path / 'student'), extensions=EXTENSIONS)
   assert np.isfinite(summary['test']['loss'])
   saved = read_variables(checkpoint_dir(str(tmp_path / 'student')))
   kernel_shapes = {k: v['kernel'].shape for k, v in saved['params'].items() if 'kernel' in v}

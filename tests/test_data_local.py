@@ -9,7 +9,7 @@ import pytest
 
 from jaxmodels.data import (CLASS_NAMES, DataError, DataUnavailableError,
                             find_local_dir, load_dataset, load_local,
-                            take_subset, write_idx)
+                            write_idx)
 from jaxmodels.data import local
 from jaxmodels.data import tfds_source
 
@@ -243,10 +243,3 @@ def test_unknown_source():
   with pytest.raises(DataError, match="unknown data source 'web'"):
     load_dataset('mnist', source='web')
 
-
-def test_take_subset(tmp_path):
-  arrays = _write_fake_idx(tmp_path, n_train=7, n_test=5)
-  data = take_subset(load_local('mnist', tmp_path), 3, None)
-  assert data.train_images.shape == (3, 6, 5, 1)
-  np.testing.assert_array_equal(data.train_labels, arrays[1][:3])
-  assert data.test_images.shape == (5, 6, 5, 1)

@@ -11,6 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jaxmodels import cli
 from jaxmodels.tasks import image_classification, language_model, runner, text_classification
+from jaxmodels.cli import default_extensions
+from jaxmodels.runs import build_model
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / 'configs'
 
@@ -31,11 +35,11 @@ def _quick(config):
     ('compress.py:prune80', (28, 28, 1))])
 def test_every_image_recipe_validates_and_builds(recipe, shape):
   config = cli.load_config_file(str(CONFIGS / recipe))
-  runner.validate(image_classification.TASK, config)
+  runner.validate(image_classification.TASK, config, EXTENSIONS)
   data = image_classification.TaskData((np.zeros((2, *shape), np.uint8), np.zeros(2, np.int32)),
                                        (np.zeros((2, *shape), np.uint8), np.zeros(2, np.int32)),
                                        'test', 'test', info={'class_names': tuple('0123456789')})
-  module = image_classification.TASK.build_model(config, data)
+  module = build_model(config, image_classification.TASK.model_arguments(config, data))
   logits = jax.eval_shape(lambda x: module.init_with_output(jax.random.PRNGKey(0), x)[0],
                           np.zeros((2, *shape), np.float32))
   assert logits.shape == (2, 10)
@@ -45,7 +49,7 @@ def test_image_experiment_end_to_end_on_mock_data(tmp_path, mock_tfds):
   config = _quick(cli.load_config_file(str(CONFIGS / 'mnist.py')))
   config.model.update(widths=(8, 16, 16), dense=16)
   with mock_tfds(num_examples=80):
-    summary = runner.run(image_classification.TASK, config, str(tmp_path))
+    summary = runner.run(image_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
 
   assert summary['steps'] == 6 and summary['dataset'] == 'mnist'
   assert summary['examples'] == {'train': 72, 'validation': 8, 'test': 80}
@@ -80,7 +84,7 @@ def test_language_model_end_to_end_on_mock_text(tmp_path, mock_tfds):
                       eval_batch_size=16, steps_per_dispatch=2, progress=False)
   config.sample.update(prompt='ab', max_new_tokens=10, num_samples=2)
   with mock_tfds(num_examples=40):
-    summary = runner.run(language_model.TASK, config, str(tmp_path))
+    summary = runner.run(language_model.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   assert summary['data_source'] == 'tfds:tiny_shakespeare' and summary['steps'] == 6
   assert summary['test']['perplexity'] == pytest.approx(np.exp(summary['test']['loss']))
   assert summary['tokens_per_sec'] == pytest.approx(summary['examples_per_sec'] * 16)
@@ -93,7 +97,7 @@ def test_language_model_end_to_end_on_mock_text(tmp_path, mock_tfds):
   assert all('train/tokens_per_sec' in r for r in rows if 'train/loss' in r)
 
 
-@pytest.mark.parametrize('model', ['lstm', 'bert'])
+@pytest.mark.parametrize('model', ['lstm', 'transformer'])
 def test_text_classifier_end_to_end_on_mock_imdb(model, tmp_path, mock_tfds):
   config = cli.load_config_file(str(CONFIGS / 'text_classify.py'))
   config.model.update(name=model, embed_dim=16, hidden=16, num_layers=1, mlp_dim=32)
@@ -101,7 +105,7 @@ def test_text_classifier_end_to_end_on_mock_imdb(model, tmp_path, mock_tfds):
   config.train.update(num_steps=4, batch_size=16, log_every_steps=2, eval_batch_size=32,
                       progress=False)
   with mock_tfds(num_examples=48):
-    summary = runner.run(text_classification.TASK, config, str(tmp_path))
+    summary = runner.run(text_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   assert summary['data_source'] == 'tfds:imdb_reviews' and summary['steps'] == 4
   assert 'weighted avg' in summary['classification_report']
   assert (tmp_path / 'confusion_matrix.png').exists()
@@ -119,7 +123,7 @@ def test_text_classifier_on_local_labelled_files(tmp_path):
   config.data.update(local_dir=str(data), categories=('space', 'cooking'), max_length=12)
   config.model.update(embed_dim=16, hidden=16)
   config.train.update(num_epochs=20.0, batch_size=16, log_every_steps=10, progress=False)
-  summary = runner.run(text_classification.TASK, config, str(tmp_path / 'run'))
+  summary = runner.run(text_classification.TASK, config, str(tmp_path / 'run'), extensions=EXTENSIONS)
   # Disjoint vocabularies: the classes are separable, and the model learns to separate them.
   assert summary['test']['accuracy'] > 0.9, summary['classification_report']
   assert summary['examples'] == {'train': 86, 'validation': 10, 'test': 24}

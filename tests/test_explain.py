@@ -14,7 +14,10 @@ import scipy.stats
 
 import jaxmodels as jm
 from jaxmodels import explain, models
-from jaxmodels.explain.layers import layer_outputs
+from jaxmodels.explain.layer_outputs import layer_outputs
+from jaxmodels.cli import default_extensions
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 GRADIENTS = pair.base.INPUT_OUTPUT_GRADIENTS
 
@@ -207,11 +210,11 @@ def test_vit_attention_path_equals_the_fused_path_in_layer_order():
   assert heat.shape == (2, 8, 8)
 
 
-@pytest.mark.parametrize('name', ['bert', pytest.param('lstm', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('name', ['transformer', pytest.param('lstm', marks=pytest.mark.slow)])
 def test_token_attributions_are_complete_and_skip_padding(name):
   """Integrated gradients at the token embeddings sum to f(x) - f(zero embeddings)."""
   options = dict(num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_length=8,
-                 dropout=0.0) if name == 'bert' else dict(embed_dim=8, hidden=8, dropout=0.0)
+                 dropout=0.0) if name == 'transformer' else dict(embed_dim=8, hidden=8, dropout=0.0)
   module = models.MODELS[name](vocab_size=30, num_classes=3, **options)
   tokens = jnp.array([[2, 5, 9, 11, 0, 0, 0, 0], [2, 7, 7, 3, 4, 8, 1, 0]])
   variables = _random_variables(module, tokens)
@@ -225,7 +228,7 @@ def test_token_attributions_are_complete_and_skip_padding(name):
   baseline = module.apply({'params': {**variables['params'], 'Embed_0': {'embedding': zero}}},
                           tokens)[jnp.arange(2), targets]
   np.testing.assert_allclose(heat.sum(1), logits - baseline, rtol=1e-3, atol=1e-5)
-  if name == 'bert':  # The explicit attention path gives the fused path's logits.
+  if name == 'transformer':  # The explicit attention path gives the fused path's logits.
     explicit = module.clone(attention='explicit').apply(variables, tokens)
     np.testing.assert_allclose(explicit, module.apply(variables, tokens), atol=1e-5, rtol=1e-5)
     weights = np.asarray(explain.attention_weights(module, variables, tokens))  # (L, B, H, T, S)
@@ -261,7 +264,7 @@ def test_the_explain_command_and_the_run_report(tmp_path_factory, tmp_path, caps
   from deploy_run import trained_once
 
   from jaxmodels import console, data as data_lib
-  from jaxmodels.tasks.trained import TrainedRun
+  from jaxmodels.runs.trained import TrainedRun
   workdir, root = trained_once(tmp_path_factory)
   assert os.path.getsize(os.path.join(workdir, 'saliency.png')) > 1000
   out = str(tmp_path / 'maps')
@@ -287,16 +290,16 @@ def test_the_explain_command_on_texts(tmp_path, mock_tfds, capsys):
 
   from jaxmodels import console
   from jaxmodels.tasks import runner, text_classification
-  from jaxmodels.tasks.trained import TrainedRun
-  config = runner.default_config(text_classification.TASK)
-  config.model = dict(name='bert', num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+  from jaxmodels.runs.trained import TrainedRun
+  config = runner.default_config(text_classification.TASK, EXTENSIONS)
+  config.model = dict(name='transformer', num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
                       dropout=0.0)
   config.data.update(source='tfds', max_length=12, min_count=1)
   config.train.update(batch_size=16, num_steps=4, log_every_steps=2, eval_batch_size=64,
                       steps_per_dispatch=1, progress=False)
   workdir, out = str(tmp_path / 'run'), str(tmp_path / 'maps')
   with mock_tfds(num_examples=48):
-    runner.run(text_classification.TASK, config, workdir)
+    runner.run(text_classification.TASK, config, workdir, extensions=EXTENSIONS)
   run = TrainedRun.load(workdir)
   text = ' '.join(run.card['inputs']['vocabulary'][:5])
   capsys.readouterr()

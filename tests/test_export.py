@@ -12,8 +12,13 @@ import pytest
 from deploy_run import images, trained_once
 from jaxmodels import console
 from jaxmodels.errors import InputError
-from jaxmodels.serve import export, quantize
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.serve import artifact_export as export
+from jaxmodels.serve import int8
+from jaxmodels.runs.trained import TrainedRun
+from jaxmodels.cli import default_extensions
+from jaxmodels.tasks.registry import load_test_split
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 # Run in a fresh interpreter: load the artifact with its own loader, jax and numpy only.
 LOADER_SCRIPT = """
@@ -67,12 +72,12 @@ def test_int8_is_per_channel_round_to_nearest():
   kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32) * np.arange(1, 6)
   weights = {'params/Conv_0/kernel': kernel, 'params/Conv_0/bias': np.ones(5, np.float32),
              'params/Embed_0/embedding': rng.normal(size=(7, 3)).astype(np.float32)}
-  q = quantize.quantize_int8(weights)
+  q = int8.quantize_int8(weights)
   for name, axes in (('params/Conv_0/kernel', (0, 1, 2)), ('params/Embed_0/embedding', (1,))):
     scale = np.abs(weights[name]).max(axis=axes, keepdims=True) / 127  # numpy reference
     np.testing.assert_array_equal(q[name], np.round(weights[name] / scale).astype(np.int8))
     np.testing.assert_allclose(q[name + ':scale'], scale, rtol=1e-7)
-    back = np.asarray(quantize.dequantize(q)[name])
+    back = np.asarray(int8.dequantize(q)[name])
     assert np.abs(back - weights[name]).max() <= scale.max() / 2 + 1e-6
   assert q['params/Conv_0/bias'].dtype == np.float32
 
@@ -80,6 +85,7 @@ def test_int8_is_per_channel_round_to_nearest():
 def test_int8_export_measures_accuracy_and_is_smaller(trained, exported, tmp_path):
   out = str(tmp_path / 'int8')
   manifest = export.export_run(trained, out, platforms=['cpu'], quantization='int8',
+                               test_split=load_test_split(TrainedRun.load(trained)),
                                say=lambda _: None)
   info = manifest['quantization']
   # The float accuracy measured at export is the run's own test accuracy.
@@ -105,13 +111,13 @@ def test_a_text_classifier_exports_with_its_tokenizer(tmp_path, mock_tfds, capsy
   from jaxmodels.serve.artifact import Artifact
   from jaxmodels.serve.inputs import InputReader
   from jaxmodels.tasks import runner, text_classification
-  config = runner.default_config(text_classification.TASK)
+  config = runner.default_config(text_classification.TASK, EXTENSIONS)
   config.model = dict(name='lstm', embed_dim=8, hidden=8)
   config.data.update(source='tfds', max_length=12, min_count=1)
   config.train.update(batch_size=16, num_steps=4, log_every_steps=2, eval_batch_size=64,
                       steps_per_dispatch=1, progress=False)
   with mock_tfds(num_examples=48):
-    runner.run(text_classification.TASK, config, str(tmp_path / 'run'))
+    runner.run(text_classification.TASK, config, str(tmp_path / 'run'), extensions=EXTENSIONS)
   export.export_run(str(tmp_path / 'run'), str(tmp_path / 'out'), platforms=['cpu'])
   run, model = TrainedRun.load(str(tmp_path / 'run')), Artifact(str(tmp_path / 'out'))
   texts = ['A film, of all things!', 'nothing in the vocabulary: zzyzx', run.card['inputs'][

@@ -17,7 +17,11 @@ from jaxmodels.models import GPT, BertClassifier
 from jaxmodels.tasks import image_classification, runner, text_classification
 from jaxmodels.tasks.finetune import FineTune
 from jaxmodels.tasks.init_from import InitFrom
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.trained import TrainedRun
+from jaxmodels.cli import default_extensions
+from jaxmodels.runs import build_model
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 BERT = dict(vocab_size=50, num_classes=3, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
             max_positions=12, dropout=0.0)
@@ -25,7 +29,7 @@ TOKENS = jax.random.randint(jax.random.PRNGKey(0), (4, 10), 1, 50)
 
 
 def _config(**finetune_options):
-  config = runner.default_config(text_classification.TASK)
+  config = runner.default_config(text_classification.TASK, EXTENSIONS)
   config.model.name = 'bert_classifier'
   for key, value in finetune_options.items():
     *parents, leaf = key.split('.')
@@ -116,7 +120,7 @@ def test_transfer_from_another_run_with_a_new_head_and_a_frozen_stem(tmp_path):
   """The README's vision transfer, small: a ViT run, then a run that starts from it
   (init_from) with a fresh head (init_from_exclude) and its stem frozen."""
   def config(**options):
-    config = runner.default_config(image_classification.TASK)
+    config = runner.default_config(image_classification.TASK, EXTENSIONS)
     config.data.name = 'digits'
     config.model = dict(name='vit', patch_size=4, num_layers=1, num_heads=2, embed_dim=16,
                         mlp_dim=32, dropout=0.0)
@@ -124,13 +128,13 @@ def test_transfer_from_another_run_with_a_new_head_and_a_frozen_stem(tmp_path):
     config.update_from_flattened_dict(options)
     return config
 
-  runner.run(image_classification.TASK, config(), str(tmp_path / 'source'))
+  runner.run(image_classification.TASK, config(), str(tmp_path / 'source'), extensions=EXTENSIONS)
   source = _flat(TrainedRun.load(str(tmp_path / 'source')).variables['params'])
   stem = 'patch_embed|position_embedding|^cls'
   tuned = config(**{'init_from': str(tmp_path / 'source'), 'init_from_exclude': 'head',
                     'finetune.freeze': stem, 'seed': 1})
   # At the start: every param but the head is the source's; the head is the fresh init.
-  module = image_classification.TASK.build_model(tuned, image_classification.TASK.load_data(tuned))
+  module = build_model(tuned, image_classification.TASK.model_arguments(tuned, image_classification.TASK.load_data(tuned)))
   fresh = jm.create_train_state(jm.linen_model(module), optax.sgd(0.1), jax.random.PRNGKey(1),
                                 np.zeros((1, 8, 8, 1), np.float32))
   start, init = _flat(InitFrom().initialize(tuned, module, fresh).params), _flat(fresh.params)
@@ -138,7 +142,7 @@ def test_transfer_from_another_run_with_a_new_head_and_a_frozen_stem(tmp_path):
     expected = init[path] if path.startswith('head/') else source[path]
     np.testing.assert_array_equal(value, expected, err_msg=path)
   # After training: the stem is still the source's, bit for bit; the rest has moved.
-  summary = runner.run(image_classification.TASK, tuned, str(tmp_path / 'tuned'))
+  summary = runner.run(image_classification.TASK, tuned, str(tmp_path / 'tuned'), extensions=EXTENSIONS)
   after = _flat(TrainedRun.load(str(tmp_path / 'tuned')).variables['params'])
   frozen = {p for p in after if re.search(stem, p)}
   assert len(frozen) == 4

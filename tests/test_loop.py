@@ -150,7 +150,7 @@ def test_fit_writes_tensorboard_and_jsonl(tmp_path):
 
 def test_bad_fit_arguments():
   _, state, step, _ = _setup()
-  with pytest.raises(jm.InputError, match='batch_size'):
+  with pytest.raises(jm.DataError, match='batch_size'):
     jm.fit(state, step, _data(), batch_size=0, num_steps=1, progress=False)
   with pytest.raises(jm.InputError, match='exactly one'):
     jm.fit(state, step, _data(), batch_size=8, progress=False)

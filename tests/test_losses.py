@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxmodels import mean_squared_error, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from jaxmodels import sigmoid_binary_cross_entropy, softmax_cross_entropy
 
 
 def _log_softmax(z):
@@ -30,9 +30,3 @@ def test_sigmoid_binary_cross_entropy_is_stable_and_exact():
   expected = np.where(np.isfinite(naive), naive, np.abs(logits))  # log(1+e^50) ~ 50
   np.testing.assert_allclose(sigmoid_binary_cross_entropy(logits, labels), expected, rtol=1e-5)
 
-
-def test_mean_squared_error_is_per_example():
-  rng = np.random.default_rng(2)
-  pred, target = rng.normal(size=(2, 4, 3, 2))
-  np.testing.assert_allclose(mean_squared_error(pred, target),
-                             ((pred - target) ** 2).reshape(4, -1).mean(-1), rtol=1e-6)

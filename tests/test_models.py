@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxmodels.models import MLP, Cifar10CNN, ConvNet, SmallCNN, ThreeConvCNN, create_model
+from jaxmodels.models import MLP, Cifar10CNN, ConvNet, SmallCNN, ThreeConvCNN
+from jaxmodels.runs import build_module
 
 
 def _count(model, shape):
@@ -34,9 +35,7 @@ def test_cifar10_variant_adds_batch_norm_and_dropout():
 
 
 def test_convnet_and_registry():
-  model = create_model('convnet', num_classes=7, widths=(8, 16))
-  assert isinstance(model, ConvNet)
+  model = build_module('convnet', {'num_classes': 7, 'widths': [8, 16]})
+  assert isinstance(model, ConvNet) and model.widths == (8, 16)
   _, logits = _count(model, (16, 16, 3))
   assert logits.shape == (2, 7)
-  with pytest.raises(KeyError, match='unknown model'):
-    create_model('resnet9000')

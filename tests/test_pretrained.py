@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from jaxmodels import CheckpointError
 from jaxmodels.data import to_model_inputs
-from jaxmodels.models import BertEncoder
+from jaxmodels.models import bert_encoder_of
 from jaxmodels.pretrained import load_params, load_pretrained, resize_grid
 from jaxmodels.pretrained.resize import bicubic_matrix
 
@@ -69,7 +69,7 @@ def test_the_check_fails_with_a_wrong_epsilon_or_gelu(name, wrong):
 def test_bert_hidden_states_and_pooled_output_match():
   directory, ref = _reference('bert')
   module, variables = load_pretrained(directory)
-  encoder = BertEncoder(**module.bert_options())
+  encoder = bert_encoder_of(module)
   with jax.default_matmul_precision('highest'):
     hidden, pooled = encoder.apply({'params': variables['params']['bert']}, ref['tokens'],
                                    ref['token_types'])

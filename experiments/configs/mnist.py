@@ -3,11 +3,12 @@
 Offline with no MNIST files it trains on scikit-learn's bundled 8x8 digits instead
 (`data.fallback='digits'`; `--config.data.fallback=none` requires MNIST).
 """
-from jaxmodels.tasks import image_classification, runner
+from jaxmodels import cli
+from jaxmodels.tasks import image_classification
 
 
 def get_config():
-  config = runner.default_config(image_classification.TASK)
+  config = cli.default_config(image_classification.TASK)
   config.data.name = 'mnist'
   config.data.fallback = 'digits'
   config.model = dict(name='three_conv_cnn', widths=(32, 64, 64), dense=64, batch_norm=True,

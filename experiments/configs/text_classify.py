@@ -1,10 +1,11 @@
-"""Text classification: a bidirectional LSTM (`--config.model.name=bert` for the
+"""Text classification: a bidirectional LSTM (`--config.model.name=transformer` for the
 Transformer encoder) on imdb_reviews, or offline on Debian's fortunes categories."""
-from jaxmodels.tasks import runner, text_classification
+from jaxmodels import cli
+from jaxmodels.tasks import text_classification
 
 
 def get_config():
-  config = runner.default_config(text_classification.TASK)
+  config = cli.default_config(text_classification.TASK)
   config.model = dict(name='lstm', embed_dim=128, hidden=128, bidirectional=True, num_layers=2,
                       num_heads=4, mlp_dim=256, dropout=0.3)
   return config

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxmodels.errors import ConfigError
-from jaxmodels.tasks.model_config import build_module
+from jaxmodels.runs.model_config import build_module
 
 BATCH_NORM_EPSILON = 1e-5  # flax.linen.BatchNorm's default, as the models use it.
 MODELS = ('three_conv_cnn', 'cifar10_cnn', 'convnet')

@@ -1,14 +1,14 @@
 """Compression switched on by config in any run: quantisation-aware training
 (`quantization.qat`) and magnitude pruning with a polynomial sparsity schedule
-(`pruning.sparsity`). Both are `context.Extension`s listed in `run_config.EXTENSIONS`."""
+(`pruning.sparsity`). Both are `runs.Extension`s; the command line applies them to every run."""
 import math
 
 from jaxmodels import parallel
 from jaxmodels.compress import pruning
 from jaxmodels.compress.quantize import SCHEMES, qat_module
 from jaxmodels.errors import ConfigError
-from jaxmodels.schema import Field, Schema, at_least, one_of, share
-from jaxmodels.tasks.context import Extension
+from jaxmodels.schema import Field, Schema, at_least, one_of, share, steps_of
+from jaxmodels.runs.extension import Extension
 
 
 class QuantizationAware(Extension):
@@ -53,7 +53,6 @@ class MagnitudePruning(Extension):
   })
 
   def optimizer(self, config, tx, steps_per_epoch):
-    from jaxmodels.tasks.runner import steps_of  # The runner imports this module.
     cfg = config.pruning
     if not cfg.sparsity:
       return tx

@@ -25,14 +25,6 @@ def save_arrays(path: str, variables, *, compressed: bool = False) -> int:
     return len(f.read())
 
 
-def load_arrays(path: str, like):
-  """An .npz written by `save_arrays`, in the structure of `like` (arrays or shapes)."""
-  with np.load(path) as stored:
-    leaves = jax.tree_util.tree_flatten_with_path(like)
-    return jax.tree.unflatten(leaves[1], [
-        stored[jax.tree_util.keystr(p, simple=True, separator='/')] for p, _ in leaves[0]])
-
-
 def compressed_bytes(variables) -> int:
   """Bytes of the variables as a deflated .npz, without writing it (zeros compress)."""
   buffer = io.BytesIO()

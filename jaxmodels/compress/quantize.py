@@ -80,12 +80,6 @@ def is_quantized(leaf) -> bool:
   return isinstance(getattr(leaf, 'array', None), qwix.QArray)
 
 
-def dequantize_params(params):
-  """Quantised params -> float32 params the original module takes (q * scale)."""
-  return jax.tree.map(lambda x: qwix.dequantize(x.array) if is_quantized(x) else x, params,
-                      is_leaf=is_quantized)
-
-
 def weight_bytes(params) -> dict:
   """{'quantized', 'float'}: bytes of the quantised params' kernels as stored (int8 values and
   their scales) and of the same kernels in float32."""
@@ -128,15 +122,6 @@ def quantize(module: nn.Module, variables: dict, example, scheme: str = 'int8',
   state = {k: v for k, v in variables.items() if k != 'params'}
   return QuantizedModel(quantized_module(module, scheme, module_path),
                         {'params': params, **state}, scheme)
-
-
-def load_quantized(path: str, module: nn.Module, example, scheme: str,
-                   module_path: str = '.*') -> QuantizedModel:
-  """A `QuantizedModel.save`d file back, for `module` (the float model) and `scheme`."""
-  state = jax.eval_shape(lambda: module.init(jax.random.key(0), example, train=False))
-  like = {**state, 'params': _abstract_quantized_params(module, example, module_path)}
-  variables = jax.tree.map(jnp.asarray, measure.load_arrays(path, like))
-  return QuantizedModel(quantized_module(module, scheme, module_path), variables, scheme)
 
 
 def example_inputs(card: dict) -> np.ndarray:

@@ -19,10 +19,7 @@ from jaxmodels.data.batching import take_batch
 from jaxmodels.data.dataset import CLASS_NAMES
 from jaxmodels.data.dataset import ImageClassificationData
 from jaxmodels.data.digits import load_digits
-from jaxmodels.data.dataset import take_subset
-from jaxmodels.data.errors import DataError
-from jaxmodels.data.errors import DataUnavailableError
-from jaxmodels.data.errors import UserError
+from jaxmodels.errors import DataError, DataUnavailableError
 from jaxmodels.data.idx import read_idx
 from jaxmodels.data.idx import write_idx
 from jaxmodels.data.local import find_local_dir
@@ -37,3 +34,12 @@ from jaxmodels.data.tfds_source import network_available
 from jaxmodels.data.text import (ByteTokenizer, WordVocabulary, clean_text, load_corpus,
                                  load_labelled_texts, load_tfds_texts, read_text, read_text_dir,
                                  split_examples, unigram_entropy, windows)
+
+__all__ = ['affine_transform', 'ByteTokenizer', 'channel_stats', 'CLASS_NAMES', 'clean_text',
+           'DataError', 'DataUnavailableError', 'epoch_batch_indices', 'eval_batch_indices',
+           'find_local_dir', 'ImageClassificationData', 'load_corpus', 'load_dataset',
+           'load_digits', 'load_labelled_texts', 'load_local', 'load_tfds', 'load_tfds_texts',
+           'make_augment', 'network_available', 'normalize', 'per_shard_batch', 'random_affine',
+           'random_crop', 'random_flip', 'read_idx', 'read_text', 'read_text_dir',
+           'shard_examples', 'ShardedExamples', 'split_examples', 'take_batch', 'to_model_inputs',
+           'unigram_entropy', 'validate_images_labels', 'windows', 'WordVocabulary', 'write_idx']

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
 
-from jaxmodels.data.errors import DataError
+from jaxmodels.errors import DataError
 
 
 def random_flip(rng, images, p: float = 0.5):

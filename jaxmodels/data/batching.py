@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmodels.data.errors import DataError
+from jaxmodels.errors import DataError
 
 
 def num_shards(mesh: Mesh, axes: Sequence[str]) -> int:
@@ -49,7 +49,14 @@ class ShardedExamples:
     return self.arrays['valid'].shape[0] // num_shards(self.mesh, self.axes)
 
   def steps_per_epoch(self, batch_size: int) -> int:
+    """Whole batches of `batch_size` (global) in the split; DataError for a batch size that
+    is not positive, not a multiple of the batch shards, or larger than the split."""
+    if batch_size <= 0:
+      raise DataError(f'batch_size must be > 0, got {batch_size}')
     per_shard_batch(self.mesh, self.axes, batch_size)  # Checks divisibility.
+    if batch_size > self.num_examples:
+      raise DataError(f'batch_size {batch_size} is larger than the training set '
+                      f'({self.num_examples} examples)')
     return self.num_examples // batch_size
 
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxmodels.data.errors import DataError
+from jaxmodels.errors import DataError
 from jaxmodels.data.preprocess import validate_images_labels
 
 # Class names of the datasets we know, so that local files get names too.
@@ -74,16 +74,6 @@ class ImageClassificationData:
             f'num_classes={self.num_classes}, source={self.source!r})')
 
 
-def take_subset(data: ImageClassificationData, num_train=None,
-                num_test=None) -> ImageClassificationData:
-  """The first `num_train` / `num_test` examples (None keeps a split whole)."""
-  return dataclasses.replace(
-      data,
-      train_images=data.train_images[:num_train],
-      train_labels=data.train_labels[:num_train],
-      test_images=data.test_images[:num_test],
-      test_labels=data.test_labels[:num_test],
-  )
 
 
 def process_block(array, index: int, count: int):

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from jaxmodels.data.errors import DataError, one_line
+from jaxmodels.errors import DataError, one_line
 
 # IDX dtype code -> big-endian numpy dtype.
 _CODE_TO_DTYPE = {

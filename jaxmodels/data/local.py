@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxmodels.data import idx
 from jaxmodels.data.dataset import CLASS_NAMES, ImageClassificationData
-from jaxmodels.data.errors import DataError, one_line
+from jaxmodels.errors import DataError, one_line
 
 ENV_VAR = 'JAXMODELS_DATA_DIR'
 # Debian's dataset-* packages install here, e.g. .../fashion-mnist.

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.data.errors import DataError
+from jaxmodels.errors import DataError
 
 # Images per chunk in `channel_stats`: bounds the float64 temporaries.
 _STATS_CHUNK = 4096

@@ -2,7 +2,7 @@
 
 from jaxmodels.data import digits, local, tfds_source
 from jaxmodels.data.dataset import ImageClassificationData, process_part
-from jaxmodels.data.errors import DataError, DataUnavailableError
+from jaxmodels.errors import DataError, DataUnavailableError
 
 SOURCES = ('auto', 'local', 'tfds')
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from jaxmodels.data import tfds_source
-from jaxmodels.data.errors import DataError, DataUnavailableError
+from jaxmodels.errors import DataError, DataUnavailableError
 
 # Debian's `fortunes` package: ~2.5 MB of English text in files named by category.
 FORTUNES_DIR = '/usr/share/games/fortunes'

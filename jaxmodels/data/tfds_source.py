@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 
 from jaxmodels.data.dataset import CLASS_NAMES, ImageClassificationData
-from jaxmodels.data.errors import DataError, DataUnavailableError, one_line
+from jaxmodels.errors import DataError, DataUnavailableError, one_line
 
 # tfds downloads mnist, fashion_mnist and cifar10 from this host.
 PROBE_URL = 'https://storage.googleapis.com/'

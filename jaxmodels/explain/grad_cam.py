@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.explain.layers import apply_with_layer, last_feature_map
+from jaxmodels.explain.layer_outputs import apply_with_layer, last_feature_map
 
 
 def grad_cam(module: nn.Module, variables, inputs, targets, *, layer: str | None = None,

@@ -18,7 +18,7 @@ from jaxmodels.errors import InputError
 from jaxmodels.explain.attention import cls_rollout
 from jaxmodels.explain.grad_cam import grad_cam, upsample
 from jaxmodels.explain.gradients import input_gradients, integrated_gradients, smoothgrad
-from jaxmodels.explain.layers import apply_with_layer, first_layer_of_type
+from jaxmodels.explain.layer_outputs import apply_with_layer, first_layer_of_type
 
 IMAGE_METHODS = ('saliency', 'integrated_gradients', 'smoothgrad', 'grad_cam', 'attention_rollout')
 TEXT_METHODS = ('saliency', 'integrated_gradients', 'attention_rollout')

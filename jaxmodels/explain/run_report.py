@@ -4,9 +4,9 @@ import os
 
 from jaxmodels import parallel
 from jaxmodels.errors import ConfigError, InputError
-from jaxmodels.explain import maps, plots
+from jaxmodels.explain import figures, maps
 from jaxmodels.schema import Field, Schema, at_least, one_of
-from jaxmodels.tasks.context import Extension
+from jaxmodels.runs.extension import Extension
 
 SALIENCY_FILE = 'saliency.png'
 
@@ -46,6 +46,6 @@ class SaliencyReport(Extension):
     if ctx.is_main:
       names = ctx.data.info.get('class_names') or [str(i) for i in range(int(predicted.max()) + 1)]
       titles = [f'{names[p]} ({names[t]})' for p, t in zip(predicted, labels)]
-      plots.plot_image_maps(images, heat, titles, os.path.join(ctx.workdir, SALIENCY_FILE),
+      figures.plot_image_maps(images, heat, titles, os.path.join(ctx.workdir, SALIENCY_FILE),
                             method=ctx.config.explain.method)
     return {}

@@ -1,11 +1,11 @@
 """Flax Linen model zoo. Every model is called as `model(x, train=bool)`; the Transformer
 families carry logical axis names for sharding (see `parallel.LOGICAL_AXIS_RULES`)."""
-from jaxmodels.models.bert import BertClassifier, BertEncoder
+from jaxmodels.models.bert import BertClassifier, BertEncoder, bert_encoder_of
 from jaxmodels.models.cnn import Cifar10CNN, ConvNet, SmallCNN, ThreeConvCNN
 from jaxmodels.models.gpt import GPT, generate, sample_logits
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import ResNet
-from jaxmodels.models.text import LSTMClassifier, TransformerClassifier
+from jaxmodels.models.text_classifiers import LSTMClassifier, TransformerClassifier
 from jaxmodels.models.transformer import Encoder
 from jaxmodels.models.vit import ViT
 
@@ -19,19 +19,12 @@ MODELS = {
     'resnet': ResNet,
     'vit': ViT,
     'lstm': LSTMClassifier,
-    'bert': TransformerClassifier,
+    'transformer': TransformerClassifier,
     'bert_classifier': BertClassifier,
     'gpt': GPT,
 }
 
 
-def create_model(name: str, **kwargs):
-  """Builds a registered model by name; raises KeyError/TypeError on bad names/options."""
-  if name not in MODELS:
-    raise KeyError(f'unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
-  return MODELS[name](**kwargs)
-
-
-__all__ = ['MLP', 'SmallCNN', 'ThreeConvCNN', 'ConvNet', 'Cifar10CNN', 'ResNet', 'ViT',
-           'LSTMClassifier', 'TransformerClassifier', 'BertEncoder', 'BertClassifier', 'GPT',
-           'Encoder', 'generate', 'sample_logits', 'MODELS', 'create_model']
+__all__ = ['bert_encoder_of', 'BertClassifier', 'BertEncoder', 'Cifar10CNN', 'ConvNet', 'Encoder',
+           'generate', 'GPT', 'LSTMClassifier', 'MLP', 'MODELS', 'ResNet', 'sample_logits',
+           'SmallCNN', 'ThreeConvCNN', 'TransformerClassifier', 'ViT']

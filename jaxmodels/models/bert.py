@@ -7,12 +7,12 @@ numbers; `BertClassifier` puts a classification head on the pooled output.
 Shapes: tokens (B, T) int32 with 0 (pad_id) as padding; token_types (B, T) int32 or None
 (all zeros: one segment).
 """
-import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxmodels.models.transformer import TransformerOptions, layer_norm, logical, padding_mask
+from jaxmodels.models.transformer import (TransformerOptions, layer_norm, logical, options_of,
+                                          padding_mask)
 
 
 class BertOptions(TransformerOptions):
@@ -25,10 +25,6 @@ class BertOptions(TransformerOptions):
   activation: str = 'gelu_erf'
   norm_epsilon: float = 1e-12
   attention_bias: bool = True
-
-  def bert_options(self) -> dict:
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(BertOptions)
-            if f.name not in ('parent', 'name')}
 
 
 class BertEncoder(BertOptions):
@@ -68,7 +64,14 @@ class BertClassifier(BertOptions):
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False, token_types=None):
-    _, pooled = BertEncoder(**self.bert_options(), name='bert')(tokens, token_types, train=train)
+    encoder = BertEncoder(**options_of(self, BertOptions), name='bert')
+    _, pooled = encoder(tokens, token_types, train=train)
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
     return nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(pooled).astype(
         jnp.float32)
+
+
+def bert_encoder_of(classifier: BertClassifier) -> BertEncoder:
+  """The BertEncoder with `classifier`'s settings, to apply on its own to the classifier's
+  params['bert']: hidden states (B, T, E) for sentence embeddings, pooled (B, E)."""
+  return BertEncoder(**options_of(classifier, BertOptions))

@@ -9,6 +9,7 @@ Params and activations carry logical axis names -- 'batch', 'length', 'embed',
 FSDP on 'embed', tensor parallelism on 'heads' / 'mlp') apply without touching the model. Shapes:
 B batch, T query length, S key length, E embed, H heads, D head dim.
 """
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -73,6 +74,13 @@ class Projection(nn.Module):
     return y
 
 
+def options_of(module: nn.Module, options: type) -> dict:
+  """The values `module` holds for the fields of `options`, one of its options base classes:
+  the arguments that pass those settings on to a submodule of that class."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(options)
+          if f.name not in ('parent', 'name')}
+
+
 class AttentionOptions(nn.Module):
   """The attention settings that MultiHeadAttention, Block and Encoder share.
 
@@ -91,11 +99,6 @@ class AttentionOptions(nn.Module):
   attention: str = 'fused'
   attention_bias: bool = False
   dtype: Dtype = jnp.float32
-
-  def attention_options(self) -> dict:
-    return {name: getattr(self, name) for name in
-            ('num_heads', 'causal', 'use_rotary', 'decode', 'max_length', 'attention',
-             'attention_bias', 'dtype')}
 
 
 class MultiHeadAttention(AttentionOptions):
@@ -174,13 +177,6 @@ class MLP(nn.Module):
                     kernel_init=logical(nn.initializers.lecun_normal(), 'mlp', 'embed'))(h)
 
 
-def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
-  """LayerNorm over 'embed', with logical names on its scale and bias."""
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name,
-                      scale_init=logical(nn.initializers.ones, 'embed'),
-                      bias_init=logical(nn.initializers.zeros, 'embed'))
-
-
 class BlockOptions(AttentionOptions):
   """A block's settings: attention's, plus the MLP width and activation, the dropout rate,
   the LayerNorm epsilon, and where the LayerNorms sit (post_norm: after each residual sum,
@@ -191,10 +187,12 @@ class BlockOptions(AttentionOptions):
   norm_epsilon: float = 1e-6
   post_norm: bool = False
 
-  def block_options(self) -> dict:
-    return {**self.attention_options(), 'mlp_dim': self.mlp_dim, 'dropout': self.dropout,
-            'activation': self.activation, 'norm_epsilon': self.norm_epsilon,
-            'post_norm': self.post_norm}
+
+def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm over 'embed', with logical names on its scale and bias."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name,
+                      scale_init=logical(nn.initializers.ones, 'embed'),
+                      bias_init=logical(nn.initializers.zeros, 'embed'))
 
 
 class Block(BlockOptions):
@@ -204,7 +202,7 @@ class Block(BlockOptions):
   @nn.compact
   def __call__(self, x, mask, positions, train: bool):
     norm1, norm2 = (layer_norm(self.norm_epsilon, self.dtype, name) for name in ('norm1', 'norm2'))
-    attention = MultiHeadAttention(**self.attention_options(),
+    attention = MultiHeadAttention(**options_of(self, AttentionOptions),
                                    head_dim=x.shape[-1] // self.num_heads, name='attention')
     mlp = MLP(self.mlp_dim, self.dtype, self.activation, name='mlp')
     dropout = nn.Dropout(self.dropout, deterministic=not train)
@@ -235,7 +233,7 @@ class Encoder(BlockOptions):
 
   @nn.compact
   def __call__(self, x, *, mask=None, positions=None, train: bool = False):
-    kwargs = self.block_options()
+    kwargs = options_of(self, BlockOptions)
     block = _ScannedBlock if self.scan else Block
     if self.remat:  # `train` (argument 4, counting self) picks the code path: static.
       block = nn.remat(block, static_argnums=(4,), prevent_cse=not self.scan)

@@ -54,8 +54,8 @@ def assert_same_config(config) -> None:
   mine = np.frombuffer(digest, np.uint8)
   everyone = multihost_utils.process_allgather(mine)
   if not (everyone == everyone[0]).all():
-    raise ConfigError('processes were started with different configs: launch every process '
-                      'with the same command line and config file')
+    raise ConfigError('the processes of this run have different configs: give every process '
+                      'the same config')
 
 
 def host_copy(tree):

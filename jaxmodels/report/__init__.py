@@ -5,3 +5,8 @@ from jaxmodels.report.writers import (JsonlWriter, MultiWriter, TensorBoardWrite
                                       prepare_workdir, read_logged_rows)
 from jaxmodels.report.throughput import (PEAK_FLOPS, compiled_flops, peak_flops,
                                          throughput_summary, utilisation)
+
+__all__ = ['compiled_flops', 'create_writer', 'format_summary', 'JsonlWriter', 'MultiWriter',
+           'peak_flops', 'PEAK_FLOPS', 'plot_confusion_matrix', 'plot_history', 'plot_predictions',
+           'prepare_workdir', 'read_logged_rows', 'TensorBoardWriter', 'throughput_summary',
+           'utilisation', 'write_summary']

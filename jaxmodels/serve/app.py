@@ -5,7 +5,7 @@
   GET  /healthz  the process answers;  /readyz  every batch bucket is compiled (warm)
   GET  /metrics  Prometheus text;  /docs  OpenAPI;  /  a demo page
 
-Concurrent requests are batched (`batching.Batcher`). Bad requests get a 4xx JSON
+Concurrent requests are batched (`request_batching.Batcher`). Bad requests get a 4xx JSON
 {"error": "..."} and the server goes on. On SIGTERM uvicorn stops accepting connections,
 the requests in flight finish, then the batcher stops.
 """
@@ -25,10 +25,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException
 
 from jaxmodels.errors import InputError
-from jaxmodels.serve import artifact, batching
+from jaxmodels.serve import artifact, request_batching
 from jaxmodels.serve.inputs import InputReader
-from jaxmodels.serve.metrics import Metrics
-from jaxmodels.serve.predict import load
+from jaxmodels.serve.server_metrics import Metrics
+from jaxmodels.serve.exported_model import load_exported
 
 DEMO_PAGE = os.path.join(os.path.dirname(__file__), 'demo.html')
 
@@ -53,9 +53,9 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
              max_body_bytes: int = 4 << 20) -> FastAPI:
   """The app serving the artifact in `directory`; its lifespan compiles every bucket up to
   `max_batch_size` (1: one request at a time, no batching) before the first request."""
-  model = load(directory)
+  model = load_exported(directory)
   reader = InputReader(model.manifest)
-  buckets = batching.buckets_up_to(max_batch_size)
+  buckets = request_batching.buckets_up_to(max_batch_size)
   metrics = Metrics(buckets)
   state = {}
 
@@ -64,7 +64,7 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
     functions = {size: model.compile(size) for size in buckets}
     for size, fn in functions.items():  # Run each once: the first call does any setup.
       fn(np.zeros((size, *reader.shape), reader.dtype))
-    state['batcher'] = batching.Batcher(functions, max_wait_ms if max_batch_size > 1 else 0,
+    state['batcher'] = request_batching.Batcher(functions, max_wait_ms if max_batch_size > 1 else 0,
                                         metrics.batch)
     metrics.warmed_up()
     # The objects made so far (jax, the app, the compiled buckets) live as long as the server.

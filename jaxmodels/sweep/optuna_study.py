@@ -5,7 +5,7 @@ import os
 from jaxmodels.errors import ConfigError
 from jaxmodels.sweep import results
 from jaxmodels.sweep.space import Dimension
-from jaxmodels.sweep.study import run_trial, trial_dir
+from jaxmodels.sweep.trial import run_trial, trial_dir
 from jaxmodels.train.callbacks import Callback
 
 STUDY_FILE = 'study.db'
@@ -39,7 +39,7 @@ def suggest(trial, dimension: Dimension) -> str:
 
 
 def run(task, config, schema, sweep_dir: str, dimensions: list[Dimension], *, trials: int,
-        metric: str, direction: str, seed: int, say) -> list[dict]:
+        metric: str, direction: str, seed: int, say, extensions=()) -> list[dict]:
   try:
     import optuna
   except ImportError:
@@ -63,7 +63,7 @@ def run(task, config, schema, sweep_dir: str, dimensions: list[Dimension], *, tr
         + ' '.join(f'{k}={v}' for k, v in overrides.items()))
     reporter = ReportToTrial(trial, metric)
     record = run_trial(task, config, schema, trial_dir(sweep_dir, trial.number), overrides,
-                       metric, callbacks=[reporter])
+                       metric, callbacks=[reporter], extensions=extensions)
     if record['status'] == 'failed':
       study.tell(trial, state=TrialState.FAIL)
     elif reporter.pruned:

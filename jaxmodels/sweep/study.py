@@ -1,56 +1,26 @@
 """Runs a sweep: each trial is `runner.run` in SWEEP_DIR/trial_NNNN with the trial's
 overrides (recorded in its summary.json), and its record goes to results.jsonl / .csv and
-the plot. A sweep resumes: run the same command again and the trials with a record are
+the plot. A sweep resumes: started again on the same directory, the trials with a record are
 not run again; an interrupted trial resumes from its own checkpoint (grid, random) or is
 asked again (optuna)."""
-import copy
 import json
 import os
-import time
 
-from jaxmodels import cli
-from jaxmodels.errors import USER_ERRORS, ConfigError, NonFiniteError
+from jaxmodels.errors import ConfigError
 from jaxmodels.sweep import results
 from jaxmodels.sweep.space import Dimension, grid, random_trials
-from jaxmodels.tasks import runner
+from jaxmodels.sweep.trial import TRIAL_PREFIX, run_trial, trial_dir
 
 MODES = ('grid', 'random', 'optuna')
 PLAN_FILE = 'sweep.json'
-TRIAL_PREFIX = 'trial_'
-
-
-def trial_dir(sweep_dir: str, number: int) -> str:
-  return os.path.join(sweep_dir, f'{TRIAL_PREFIX}{number:04d}')
-
-
-def run_trial(task, config, schema, workdir: str, overrides: dict[str, str], metric: str,
-              callbacks=()) -> dict:
-  """One run with `overrides` (key -> text) on a copy of `config`: its record (status
-  'complete' or 'failed', the validation `metric` as 'value', test metrics, wall time)."""
-  config = copy.deepcopy(config)
-  record = {'overrides': dict(overrides), 'workdir': workdir}
-  start = time.perf_counter()
-  try:
-    cli.apply_overrides(config, schema, list(overrides.items()))
-    summary = runner.run(task, config, workdir, overrides=cli.parsed_overrides(config, overrides),
-                         callbacks=callbacks)
-  except (*USER_ERRORS, NonFiniteError) as e:  # A bad point of the space: the sweep goes on.
-    return {**record, 'status': 'failed', 'value': None, 'error': str(e),
-            'wall_seconds': time.perf_counter() - start}
-  validation = summary.get('validation') or {}
-  if metric not in validation:
-    raise ConfigError(f'the sweep metric {metric!r} is not among the validation metrics '
-                      f'({", ".join(sorted(validation)) or "none: set data.val_fraction > 0"})',
-                      key='sweep_metric')
-  return {**record, 'status': 'complete', 'value': float(validation[metric]),
-          'test': summary['test'], 'steps': summary['steps'],
-          'wall_seconds': time.perf_counter() - start}
 
 
 def run_sweep(task, config, schema, sweep_dir: str, dimensions: list[Dimension], *,
               mode: str = 'grid', trials: int = 8, metric: str = 'accuracy',
-              direction: str = 'maximize', seed: int = 0, say=print) -> list[dict]:
-  """Runs (or resumes) the sweep in `sweep_dir`; returns its records, one per finished trial."""
+              direction: str = 'maximize', seed: int = 0, say=print,
+              extensions=()) -> list[dict]:
+  """Runs (or resumes) the sweep in `sweep_dir`; returns its records, one per finished trial.
+  Every trial is `runner.run` with `extensions`."""
   if mode not in MODES:
     raise ConfigError(f'sweep mode {mode!r}: choose one of {", ".join(MODES)}', key='sweep')
   if not dimensions:
@@ -67,7 +37,8 @@ def run_sweep(task, config, schema, sweep_dir: str, dimensions: list[Dimension],
     from jaxmodels.sweep import optuna_study
     _check_plan(sweep_dir, {**plan, 'trials': trials})
     records = optuna_study.run(task, config, schema, sweep_dir, dimensions, trials=trials,
-                               metric=metric, direction=direction, seed=seed, say=say)
+                               metric=metric, direction=direction, seed=seed, say=say,
+                               extensions=extensions)
   else:
     points = grid(dimensions) if mode == 'grid' else random_trials(dimensions, trials, seed)
     _check_plan(sweep_dir, {**plan, 'trials': points})
@@ -78,7 +49,8 @@ def run_sweep(task, config, schema, sweep_dir: str, dimensions: list[Dimension],
         continue
       say(f'{TRIAL_PREFIX}{number:04d} ({number + 1}/{len(points)}): '
           + ' '.join(f'{k}={v}' for k, v in overrides.items()))
-      record = run_trial(task, config, schema, trial_dir(sweep_dir, number), overrides, metric)
+      record = run_trial(task, config, schema, trial_dir(sweep_dir, number), overrides, metric,
+                         extensions=extensions)
       records.append({'trial': number, **record})
       results.write(sweep_dir, records, dimensions, metric, direction)
   results.write(sweep_dir, records, dimensions, metric, direction)

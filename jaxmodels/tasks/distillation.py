@@ -11,8 +11,8 @@ from jaxmodels.compress import distill
 from jaxmodels.errors import CheckpointError, ConfigError
 from jaxmodels.schema import Field, Schema, at_least
 from jaxmodels.tasks import image_classification
-from jaxmodels.tasks.model_card import MODEL_CARD
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.model_card import MODEL_CARD
+from jaxmodels.runs.trained import TrainedRun
 
 SCHEMA = image_classification.SCHEMA + Schema({
     'distill.teachers': Field('', 'Workdirs of finished image-classification runs, comma-'

@@ -8,7 +8,7 @@ from flax import traverse_util
 from jaxmodels import finetune
 from jaxmodels.errors import ConfigError
 from jaxmodels.schema import REGEX, Field, Schema, at_least
-from jaxmodels.tasks.context import Extension
+from jaxmodels.runs.extension import Extension
 
 
 def _is_frozen(config):

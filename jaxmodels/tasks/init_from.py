@@ -13,7 +13,7 @@ from jaxmodels.errors import CheckpointError, ConfigError
 from jaxmodels.finetune import is_adapter
 from jaxmodels.parallel import place_global
 from jaxmodels.schema import REGEX, Field, Schema
-from jaxmodels.tasks.context import Extension
+from jaxmodels.runs.extension import Extension
 
 HF = 'hf:'
 

@@ -1,11 +1,11 @@
 """Tasks by name (model.json's 'task'): each module of `jaxmodels.tasks` that defines a
-`TASK`. Commands that work on a finished run or start runs (explain, sweep) find the task
-here."""
+`TASK`. Commands that work on a finished run (export, explain) find its task, and its test
+split, here."""
 import importlib
 import importlib.util
+import os
 import pkgutil
 
-from jaxmodels import tasks
 from jaxmodels.errors import ConfigError
 from jaxmodels.tasks.spec import Task
 
@@ -13,7 +13,7 @@ from jaxmodels.tasks.spec import Task
 def task_names() -> list[str]:
   """The names of the tasks in `jaxmodels.tasks` (each module with a `TASK`)."""
   names = []
-  for info in pkgutil.iter_modules(tasks.__path__):
+  for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
     task = getattr(importlib.import_module(f'jaxmodels.tasks.{info.name}'), 'TASK', None)
     if isinstance(task, Task):
       names.append(task.name)
@@ -27,3 +27,10 @@ def task_named(name: str) -> Task:
     if isinstance(task, Task) and task.name == name:
       return task
   raise ConfigError(f'no task {name!r}; the tasks are {", ".join(task_names())}', key='task')
+
+
+def load_test_split(run) -> tuple:
+  """(inputs as stored (N, ...), labels (N,)) of a finished run's (`runs.TrainedRun`) test
+  split, loaded by its task with the run's saved config; DataError if the data is not here."""
+  config = run.config()
+  return task_named(run.card['task']).load_data(config).limited(config).test

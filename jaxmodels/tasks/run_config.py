@@ -1,16 +1,11 @@
 """The config fields every run has, whatever its task: each with its default, its check, its
 help and whether it may change when a run resumes. Tasks add their own (data.name, ...), and
-so do the extensions every run applies (`EXTENSIONS`)."""
-from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
-from jaxmodels.explain.run_report import SaliencyReport
+so do the extensions a run is given (`runs.Extension.schema`)."""
+from jaxmodels.runs.model_config import COMPUTE_DTYPES
 from jaxmodels.schema import Field, Schema, at_least, one_of, share
-from jaxmodels.tasks.finetune import FineTune
-from jaxmodels.tasks.init_from import InitFrom
-from jaxmodels.tasks.sample_predictions import SamplePredictions
 from jaxmodels.train.guards import NAN_POLICIES
 from jaxmodels.train.optim import OPTIMIZERS, SCHEDULES
 
-COMPUTE_DTYPES = ('float32', 'bfloat16')
 STRATEGIES = ('jit', 'shard_map')
 POSITIVE = at_least(0, strict=True)
 NOT_NEGATIVE = at_least(0)
@@ -100,7 +95,3 @@ RUN_SCHEMA = Schema({
     'nan.max_rollbacks': _resumable(3, 'Give up after this many rollbacks.', **NOT_NEGATIVE),
     'nan.lr_factor': _resumable(0.5, 'Learning-rate multiplier per rollback.', **share()),
 })
-
-# The extensions every run applies, in order (see context.Extension).
-EXTENSIONS = (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(),
-              SamplePredictions(), SaliencyReport())

@@ -3,7 +3,7 @@ the first N test examples, in the form `jaxmodels predict --json` and the server
 give them, so that a deployed model can be checked against the run that trained it."""
 from jaxmodels.schema import Field, Schema, at_least
 from jaxmodels.serve.artifact import DEFAULT_TOP_K, top_k
-from jaxmodels.tasks.context import Extension
+from jaxmodels.runs.extension import Extension
 
 
 class SamplePredictions(Extension):

@@ -4,11 +4,10 @@ the rest, the same way for every task."""
 import dataclasses
 from collections.abc import Callable
 
-import flax.linen as nn
 import numpy as np
 
 from jaxmodels.schema import Schema
-from jaxmodels.tasks import model_config
+from jaxmodels.runs import model_config
 
 
 @dataclasses.dataclass
@@ -75,6 +74,3 @@ class Task:
   def model_arguments(self, config, data: TaskData) -> dict:  # See model_config.
     options = model_config.model_options(config)  # A bad option fails before model_kwargs.
     return model_config.model_arguments(config, options, self.model_kwargs(config, data))
-
-  def build_model(self, config, data: TaskData) -> nn.Module:
-    return model_config.build_model(config, self.model_arguments(config, data))

@@ -60,7 +60,7 @@ def load_data(config) -> TaskData:
                   tokens_per_example=cfg.max_length)
 
 
-TASK = Task('text_classification', SCHEMA, ('lstm', 'bert', 'bert_classifier'), load_data,
+TASK = Task('text_classification', SCHEMA, ('lstm', 'transformer', 'bert_classifier'), load_data,
             model_kwargs=lambda config, data: {'num_classes': len(data.info['class_names']),
                                                'vocab_size': data.info['vocab_size'],
                                                'pad_id': data.info['pad_id'],

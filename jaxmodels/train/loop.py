@@ -84,16 +84,11 @@ def fit(state, train_step: Callable, train_data, *, batch_size: int,
   a function of the step, so nothing is replayed. Everything else is a callback:
   `Evaluate`, `checkpoint.Checkpoint`, `EarlyStopping`, `TerminateOnNaN`, `LogWriter`.
   """
-  if batch_size <= 0:
-    raise InputError(f'batch_size must be > 0, got {batch_size}')
   if (num_steps is None) == (num_epochs is None):
     raise InputError('pass exactly one of num_steps and num_epochs')
   mesh = mesh or parallel.single_device_mesh()
   data = as_sharded(train_data, mesh)
-  steps_per_epoch = data.steps_per_epoch(batch_size)
-  if steps_per_epoch == 0:
-    raise InputError(f'batch_size {batch_size} is larger than the training set '
-                     f'({data.num_examples} examples)')
+  steps_per_epoch = data.steps_per_epoch(batch_size)  # DataError for a batch that cannot work.
   total = num_steps if num_steps is not None else round(num_epochs * steps_per_epoch)
   callbacks = sorted(callbacks, key=lambda cb: cb.order)
   loop = FitLoop(History(), callbacks, mesh, batch_size, steps_per_epoch, total)

@@ -32,12 +32,6 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Ar
   return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
 
 
-def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
-  """predictions, targets (B, ...) -> (B,) mean over the non-batch axes."""
-  err = optax.squared_error(_at_least_f32(predictions), _at_least_f32(targets))
-  return err.reshape(err.shape[0], -1).mean(axis=-1)
-
-
 def classification_loss(label_smoothing: float = 0.0):
   """loss_fn(outputs, batch) for integer-labelled classification."""
 

@@ -94,9 +94,6 @@ def set_lr_multiplier(opt_state, value: float):
 def optimizer_from_config(config, total_steps: int, warmup_steps: int = 0):
   """(tx, schedule) from a config with name, learning_rate, schedule, weight_decay, momentum and
   clip_norm. tx carries an LR multiplier (`with_lr_multiplier`)."""
-  if not config.learning_rate > 0:
-    raise ConfigError(f'optimizer.learning_rate must be > 0, got {config.learning_rate}',
-                      key='optimizer.learning_rate')
   schedule = make_schedule(config.schedule, config.learning_rate, total_steps, warmup_steps)
   tx = make_optimizer(config.name, schedule, weight_decay=config.get('weight_decay', 0.0),
                       momentum=config.get('momentum', 0.9), clip_norm=config.get('clip_norm'))

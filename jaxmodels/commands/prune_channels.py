@@ -5,7 +5,7 @@ import numpy as np
 
 from jaxmodels.compress import measure
 from jaxmodels.compress.channels import prune_run_channels
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.trained import TrainedRun
 
 
 def add_arguments(parser):

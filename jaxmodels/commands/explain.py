@@ -66,10 +66,9 @@ def read_images(paths, shape) -> tuple[np.ndarray, list[str]]:
 
 def _test_examples(run, count: int):
   """(inputs, labels) of the first `count` test examples of the run's own data."""
-  from jaxmodels.tasks.registry import task_named
-  config = run.config()
-  data = task_named(run.card['task']).load_data(config).limited(config)
-  return data.test[0][:count], np.asarray(data.test[1][:count])
+  from jaxmodels.tasks.registry import load_test_split
+  inputs, labels = load_test_split(run)
+  return inputs[:count], np.asarray(labels[:count])
 
 
 def _target(text, class_names):
@@ -85,8 +84,8 @@ def _target(text, class_names):
 
 def main(args) -> int:
   from jaxmodels import data as data_lib
-  from jaxmodels.explain import maps, plots
-  from jaxmodels.tasks.trained import TrainedRun
+  from jaxmodels.explain import figures, maps
+  from jaxmodels.runs.trained import TrainedRun
   run = TrainedRun.load(args.workdir)
   spec, names = run.card['inputs'], run.class_names or []
   if bool(args.inputs) == bool(args.test):
@@ -111,7 +110,7 @@ def main(args) -> int:
                 f'{t}: {name_of(p)}' for i, (t, p) in enumerate(zip(titles, predicted))]
     np.savez(os.path.join(out, f'{args.method}.npz'), heat=heat, targets=targets,
              predicted=predicted, names=np.array(titles))
-    written = [plots.plot_image_maps(images, heat, captions,
+    written = [figures.plot_image_maps(images, heat, captions,
                                      os.path.join(out, f'{args.method}.png'), method=args.method)]
   elif spec.get('kind') == 'words':
     if args.test:
@@ -135,8 +134,8 @@ def main(args) -> int:
                   'tokens': toks, 'heat': h[:len(toks)].tolist()}
                  for text, p, t, toks, h in zip(texts, predicted, targets, shown, heat)], f,
                 indent=1)
-    written = [plots.plot_token_heat(shown, heat, captions, f'{base}.png'),
-               plots.token_heat_html(shown, heat, captions, f'{base}.html'), f'{base}.json']
+    written = [figures.plot_token_heat(shown, heat, captions, f'{base}.png'),
+               figures.token_heat_html(shown, heat, captions, f'{base}.html'), f'{base}.json']
   else:
     raise InputError(f'{args.workdir} is a {run.card["task"]} run: explain works on image and '
                      'text classifiers')

@@ -7,20 +7,7 @@ import sys
 from jaxmodels.errors import InputError
 from jaxmodels.serve import artifact
 from jaxmodels.serve.inputs import InputReader
-
-
-def load(directory: str) -> artifact.Artifact:
-  """The artifact in `directory`; InputError if it is not one."""
-  try:
-    return artifact.Artifact(directory)
-  except FileNotFoundError as e:
-    raise InputError(f'{directory} is not an exported model ({e.filename} is missing): '
-                     'run `export` first', key='directory') from None
-
-
-def predictions(model: artifact.Artifact, examples, k: int) -> list[list[dict]]:
-  """The top-k records of each example (N, *input shape), as /predict gives them."""
-  return artifact.top_k(model.logits(examples), model.class_names, k)
+from jaxmodels.serve.exported_model import load_exported, predictions
 
 
 def add_arguments(parser) -> None:
@@ -37,7 +24,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
   if args.top_k < 1:
     raise InputError(f'top_k must be at least 1, got {args.top_k}', key='top_k')
-  model = load(args.directory)
+  model = load_exported(args.directory)
   names, examples = InputReader(model.manifest).files(args.inputs, stdin=sys.stdin)
   rows = predictions(model, examples, args.top_k)
   if args.json:

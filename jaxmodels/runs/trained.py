@@ -15,8 +15,8 @@ import jax
 from jaxmodels.checkpoint import Checkpointer, checkpoint_dir, read_meta, read_variables
 from jaxmodels.errors import CheckpointError
 from jaxmodels.finetune import merge_lora
-from jaxmodels.tasks.model_card import MODEL_CARD, inputs_from_raw, read_card, write_card
-from jaxmodels.tasks.model_config import build_module
+from jaxmodels.runs.model_card import MODEL_CARD, inputs_from_raw, read_card, write_card
+from jaxmodels.runs.model_config import build_module
 
 
 @dataclasses.dataclass

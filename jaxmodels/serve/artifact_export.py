@@ -1,4 +1,4 @@
-"""`jaxmodels export WORKDIR --out DIR`: a finished run -> an artifact that runs with jax alone.
+"""A finished run -> an artifact that runs with jax alone (`jaxmodels export`).
 
 The inference function `f(weights, inputs) -> logits` (the model in inference mode, image
 normalisation inside) is exported with `jax.export` for a symbolic batch dimension and
@@ -8,7 +8,6 @@ images, word tokenisation), the class names, the jax version and the training ru
 test metrics.
 """
 import datetime
-import importlib
 import json
 import os
 import shutil
@@ -16,16 +15,14 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
 from jaxmodels import data as data_lib
-from jaxmodels.checkpoint import checkpoint_dir, read_meta
 from jaxmodels.errors import InputError
-from jaxmodels.serve import artifact, quantize
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.serve import artifact, int8
+from jaxmodels.runs.trained import TrainedRun
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 QUANTIZATIONS = ('int8',)
@@ -37,7 +34,7 @@ def inference_function(module, spec: dict):
   `module` in inference mode after the run's input preprocessing (`data.to_model_inputs`:
   pixels 0..255 normalised as in training). int8 weights are dequantised inside."""
   def infer(weights, inputs):
-    variables = traverse_util.unflatten_dict(quantize.dequantize(weights), sep='/')
+    variables = traverse_util.unflatten_dict(int8.dequantize(weights), sep='/')
     return module.apply(variables, data_lib.to_model_inputs(spec, inputs), train=False)
   return infer
 
@@ -73,14 +70,6 @@ def export_function(infer, weights: dict, spec: dict, platforms) -> jax.export.E
   return jax.export.export(jax.jit(infer), platforms=tuple(platforms))(abstract_weights, inputs)
 
 
-def load_test_split(run: TrainedRun, step: int | None = None):
-  """(inputs as stored, labels) of the run's test split, rebuilt from its saved config."""
-  task = importlib.import_module(f'jaxmodels.tasks.{run.card["task"]}').TASK
-  config = ml_collections.ConfigDict(read_meta(checkpoint_dir(run.workdir),
-                                               step or run.card['step'])['config'])
-  return task.load_data(config).limited(config).test
-
-
 def accuracy(infer, weights: dict, inputs, labels, batch_size: int = 1000) -> float:
   call = jax.jit(infer)
   predictions = np.concatenate([np.argmax(call(weights, inputs[i:i + batch_size]), -1)
@@ -89,10 +78,11 @@ def accuracy(infer, weights: dict, inputs, labels, batch_size: int = 1000) -> fl
 
 
 def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str | None = None,
-               step: int | None = None, say=print) -> dict:
+               step: int | None = None, test_split=None, say=print) -> dict:
   """Writes the artifact of the run in `workdir` to the new directory `out` (atomically: a
   failed export leaves nothing there) and returns its manifest. quantization 'int8' also
-  measures the test accuracy before and after on the run's test split."""
+  measures the test accuracy before and after on `test_split`, (inputs as stored (N, ...),
+  labels (N,)) of the run's test split, when it is given."""
   if quantization not in (None, *QUANTIZATIONS):
     raise InputError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got '
                      f'{quantization!r}', key='quantization')
@@ -120,17 +110,15 @@ def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str
               'model': run.card['model'], 'test': run.card.get('test')},
       'quantization': None, 'exported_at': datetime.datetime.now().astimezone().isoformat()}
   if quantization:
-    quantized = quantize.quantize_int8(weights)
+    quantized = int8.quantize_int8(weights)
     manifest['quantization'] = {
         'scheme': 'int8 weight-only, symmetric, one scale per output channel (kernels) or row '
                   '(embeddings)', 'float_weight_bytes': sum(v.nbytes for v in weights.values()),
         'weight_bytes': sum(v.nbytes for v in quantized.values())}
-    try:
-      inputs, labels = load_test_split(run, step)
-    except data_lib.DataError as e:
-      say(f'warning: the test split is not available here ({e}); the accuracy cost of '
-          'quantization was not measured')
+    if test_split is None:
+      say('warning: no test split given; the accuracy cost of quantization was not measured')
     else:
+      inputs, labels = test_split
       before, after = (accuracy(infer, w, inputs, labels) for w in (weights, quantized))
       manifest['quantization'].update(test_examples=len(labels), float_test_accuracy=before,
                                       test_accuracy=after, accuracy_cost=before - after)
@@ -167,25 +155,3 @@ def _write(out: str, manifest: dict, exported, weights: dict) -> None:
 
 def directory_bytes(directory: str) -> int:
   return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
-
-
-def add_arguments(parser) -> None:
-  parser.add_argument('workdir', help='the workdir of a finished run (model.json, checkpoints/)')
-  parser.add_argument('--out', required=True, help='a new directory for the artifact')
-  parser.add_argument('--platforms', default=','.join(PLATFORMS),
-                      help='comma-separated platforms to serialise for (default: %(default)s)')
-  parser.add_argument('--quantize', choices=QUANTIZATIONS, default=None,
-                      help='weight-only int8 with per-channel scales; the test accuracy before '
-                           'and after is measured and recorded')
-  parser.add_argument('--step', type=int, default=None,
-                      help="a checkpoint step (default: the run's result, model.json's step)")
-
-
-def main(args) -> int:
-  platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
-  manifest = export_run(args.workdir, args.out, platforms=platforms, quantization=args.quantize,
-                        step=args.step)
-  print(f'exported {manifest["run"]["task"]} ({manifest["run"]["model"]["name"]}, step '
-        f'{manifest["run"]["step"]}) for {", ".join(platforms)} to {args.out} '
-        f'({directory_bytes(args.out):,} bytes)')
-  return 0

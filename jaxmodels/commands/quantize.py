@@ -5,7 +5,7 @@ import os
 
 from jaxmodels.compress import measure
 from jaxmodels.compress.quantize import SCHEMES, quantize_run
-from jaxmodels.tasks.trained import TrainedRun
+from jaxmodels.runs.trained import TrainedRun
 
 
 def add_arguments(parser):
