@@ -1,14 +1,22 @@
-"""`jaxmodels export WORKDIR --out DIR`: a finished run -> an artifact that runs with jax
-alone (`serve.artifact_export`); with --quantize int8, measured on the run's own test split."""
+"""`jaxmodels export WORKDIR --out DIR | --repo REPO`: a finished run -> an artifact that runs
+with jax alone (`serve.artifact_export`), in a new directory or as the next version of a model
+repository; with --quantize int8, measured on the run's own test split."""
+import os
+
 from jaxmodels.errors import DataError
 from jaxmodels.runs import TrainedRun
-from jaxmodels.serve.artifact_export import PLATFORMS, QUANTIZATIONS, directory_bytes, export_run
+from jaxmodels.serve.artifact_export import (PLATFORMS, QUANTIZATIONS, directory_bytes,
+                                             export_run, export_version)
 from jaxmodels.tasks.registry import load_test_split
 
 
 def add_arguments(parser) -> None:
   parser.add_argument('workdir', help='the workdir of a finished run (model.json, checkpoints/)')
-  parser.add_argument('--out', required=True, help='a new directory for the artifact')
+  where = parser.add_mutually_exclusive_group(required=True)
+  where.add_argument('--out', help='a new directory for the artifact')
+  where.add_argument('--repo', help='a model repository (created if absent): the artifact '
+                                    'becomes its next version, REPO/<n>, n never used in it '
+                                    'before')
   parser.add_argument('--platforms', default=','.join(PLATFORMS),
                       help='comma-separated platforms to serialise for (default: %(default)s)')
   parser.add_argument('--quantize', choices=QUANTIZATIONS, default=None,
@@ -26,9 +34,14 @@ def main(args) -> int:
       test_split = load_test_split(TrainedRun.load(args.workdir, args.step))
     except DataError as e:
       print(f'warning: the test split is not available here ({e})')
-  manifest = export_run(args.workdir, args.out, platforms=platforms, quantization=args.quantize,
-                        step=args.step, test_split=test_split)
+  options = dict(platforms=platforms, quantization=args.quantize, step=args.step,
+                 test_split=test_split)
+  if args.repo:
+    version, manifest = export_version(args.workdir, args.repo, **options)
+    out = os.path.join(args.repo, str(version))
+  else:
+    manifest, out = export_run(args.workdir, args.out, **options), args.out
   print(f'exported {manifest["run"]["task"]} ({manifest["run"]["model"]["name"]}, step '
-        f'{manifest["run"]["step"]}) for {", ".join(platforms)} to {args.out} '
-        f'({directory_bytes(args.out):,} bytes)')
+        f'{manifest["run"]["step"]}) for {", ".join(platforms)} to {out} '
+        f'({directory_bytes(out):,} bytes)')
   return 0

@@ -5,7 +5,8 @@ normalisation inside) is exported with `jax.export` for a symbolic batch dimensi
 the platforms asked for; its weights go beside it as safetensors (plain arrays, nothing
 executable), and `manifest.json` records what the function cannot do itself (decoding
 images, word tokenisation), the class names, the jax version and the training run with its
-test metrics.
+test metrics. `export_version` adds the artifact to a model repository (`model_repository`)
+as its next version.
 """
 import datetime
 import json
@@ -21,7 +22,7 @@ from flax import traverse_util
 
 from jaxmodels import data as data_lib
 from jaxmodels.errors import InputError
-from jaxmodels.serve import artifact, int8
+from jaxmodels.serve import artifact, int8, model_repository
 from jaxmodels.runs.trained import TrainedRun
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
@@ -128,6 +129,16 @@ def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str
   exported = export_function(infer, weights, spec, platforms)
   _write(out, manifest, exported, weights)
   return manifest
+
+
+def export_version(workdir: str, repo: str, **kwargs) -> tuple[int, dict]:
+  """Exports the run in `workdir` as the next version of the model repository `repo`
+  (`model_repository`; created if absent) and returns (its number, its manifest). The
+  keywords are `export_run`'s."""
+  manifests = []
+  version = model_repository.ModelRepository(repo).add_version(
+      lambda directory: manifests.append(export_run(workdir, directory, **kwargs)))
+  return version, manifests[0]
 
 
 def _write(out: str, manifest: dict, exported, weights: dict) -> None:
