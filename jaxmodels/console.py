@@ -12,6 +12,11 @@ COMMANDS: dict[str, tuple[str, str]] = {}
 COMMANDS['export'] = ('jaxmodels.commands.export', 'export a finished run as a jax.export artifact')
 COMMANDS['predict'] = ('jaxmodels.commands.predict', "an exported model's top-k labels for inputs")
 COMMANDS['serve'] = ('jaxmodels.commands.serve', 'serve an exported model over HTTP (batched)')
+COMMANDS['versions'] = ('jaxmodels.commands.versions',
+                        "a running server's versions: list, load, canary, shadow, promote, "
+                        'rollback')
+COMMANDS['feedback'] = ('jaxmodels.commands.feedback',
+                        'labels for served predictions into the prediction store')
 COMMANDS['quantize'] = ('jaxmodels.commands.quantize',
                         'int8 post-training quantisation of a finished run')
 COMMANDS['prune-channels'] = ('jaxmodels.commands.prune_channels',

@@ -1,11 +1,13 @@
-"""`jaxmodels serve DIR --port 8000`: an exported model over HTTP (FastAPI + uvicorn, the
-`serve` extra; the app itself is `jaxmodels.serve.app`). The web stack is imported only when
+"""`jaxmodels serve REPO|DIR --port 8000`: the versions of a model repository, or one exported
+model, over HTTP (FastAPI + uvicorn, the `serve` extra; the app itself is
+`jaxmodels.serve.app`). The web stack is imported only when
 the command runs, so the other commands work with the base install."""
 from jaxmodels.errors import InputError
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument('directory', help='an exported model (`export --out DIR`)')
+  parser.add_argument('directory', help='a model repository (`export --repo REPO`): its serving '
+                                        'state; or one exported model (`export --out DIR`)')
   parser.add_argument('--host', default='127.0.0.1', help='default: %(default)s (loopback)')
   parser.add_argument('--port', type=int, default=8000, help='default: %(default)s')
   parser.add_argument('--max-batch-size', type=int, default=64,
@@ -15,6 +17,16 @@ def add_arguments(parser) -> None:
                       help='how long a batch waits for more requests (default: %(default)s)')
   parser.add_argument('--max-body-bytes', type=int, default=4 << 20,
                       help='larger request bodies get 413 (default: %(default)s)')
+  parser.add_argument('--store', default=None,
+                      help='where predictions and feedback are recorded: a SQLite file or a '
+                           'SQLAlchemy URL (default: REPO/monitor.db for a repository; none for '
+                           'one exported model)')
+  parser.add_argument('--log-inputs', type=float, default=0.0, metavar='FRACTION',
+                      help='the random fraction of examples whose input bytes are recorded '
+                           '(their sha256 always is; default: %(default)s)')
+  parser.add_argument('--admin-token-file', default=None,
+                      help='a file holding the bearer token of the /v1 admin routes (without '
+                           'it they answer 403)')
 
 
 def main(args) -> int:
@@ -29,7 +41,9 @@ def main(args) -> int:
     raise InputError('max_batch_size and max_body_bytes must be at least 1, max_wait_ms at '
                      'least 0', key='max_batch_size')
   app = make_app(args.directory, max_batch_size=args.max_batch_size,
-                 max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes)
+                 max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
+                 store=args.store, log_inputs=args.log_inputs,
+                 admin_token_file=args.admin_token_file)
   uvicorn.run(app, host=args.host, port=args.port, log_level='warning',
               timeout_graceful_shutdown=30)
   return 0

@@ -1,13 +1,21 @@
-"""The HTTP app `jaxmodels serve` runs: an exported model over FastAPI.
+"""The HTTP app `jaxmodels serve` runs: the versions of a model repository (or one exported
+model) over FastAPI.
 
   POST /predict  {"inputs": [...]} | {"images": ["<base64 PNG/JPEG>", ...]} | {"texts": [...]}
-                 (+ "top_k") -> {"predictions": [[{"label", "index", "probability"}, ...], ...]}
+                 (+ "top_k") -> {"predictions": [[{"label", "index", "probability"}, ...], ...],
+                 "prediction_ids": [uuid hex per example], "model_version": n}
   GET  /healthz  the process answers;  /readyz  every batch bucket is compiled (warm)
   GET  /metrics  Prometheus text;  /docs  OpenAPI;  /  a demo page
+  /v1/versions, /v1/rollback  the serving state (`versions_routes`);  /v1/feedback  labels
+                 for served predictions (`feedback_routes`)
 
-Concurrent requests are batched (`request_batching.Batcher`). Bad requests get a 4xx JSON
-{"error": "..."} and the server goes on. On SIGTERM uvicorn stops accepting connections,
-the requests in flight finish, then the batcher stops.
+A request goes to the champion, or to the canary for its share of the request ids (the
+`X-Request-Id` header, else a fresh one: a retry with the same id meets the same version);
+the answer names it in `X-Model-Version`. A shadow version sees the same examples in the
+background. Every prediction is recorded in the prediction store when there is one (off the
+request path). Concurrent requests are batched per version (`request_batching.Batcher`). Bad
+requests get a 4xx JSON {"error": "..."} and the server goes on. On SIGTERM uvicorn stops
+accepting connections, the requests in flight finish, then the batchers stop.
 """
 import asyncio
 import base64
@@ -15,7 +23,9 @@ import binascii
 import contextlib
 import gc
 import os
+import random
 import time
+import uuid
 
 import numpy as np
 import orjson
@@ -26,11 +36,16 @@ from starlette.exceptions import HTTPException
 
 from jaxmodels.errors import InputError
 from jaxmodels.serve import artifact, request_batching
+from jaxmodels.serve.feedback_routes import add_feedback_route
 from jaxmodels.serve.inputs import InputReader
-from jaxmodels.serve.server_metrics import Metrics
-from jaxmodels.serve.exported_model import load_exported
+from jaxmodels.serve.model_repository import ModelRepository
+from jaxmodels.serve.prediction_store import PredictionStore, new_record
+from jaxmodels.serve.served_versions import OneArtifact, VersionTable, Warming
+from jaxmodels.serve.server_metrics import COMPILE_EVENT, Metrics
+from jaxmodels.serve.versions_routes import add_version_routes, read_token
 
 DEMO_PAGE = os.path.join(os.path.dirname(__file__), 'demo.html')
+STORE_FILE = 'monitor.db'
 
 
 class PredictRequest(pydantic.BaseModel):
@@ -49,34 +64,94 @@ class BadRequest(Exception):
     self.status = status
 
 
-def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
-             max_body_bytes: int = 4 << 20) -> FastAPI:
-  """The app serving the artifact in `directory`; its lifespan compiles every bucket up to
-  `max_batch_size` (1: one request at a time, no batching) before the first request."""
-  model = load_exported(directory)
-  reader = InputReader(model.manifest)
+class ServingMetrics(Metrics):
+  """The server's metrics plus requests per version, shadow errors and dropped prediction
+  records; compilations while a version warms up (before it serves) are not counted as
+  compilations after warm-up."""
+
+  def __init__(self, batch_buckets, warming: Warming):
+    self.warming, self.by_version, self.shadow_errors = warming, {}, 0
+    self.records_dropped = lambda: 0
+    super().__init__(batch_buckets)
+
+  def _on_event(self, event: str, duration: float, **kwargs) -> None:
+    if event == COMPILE_EVENT and self.warming.active():
+      with self._lock:
+        self.compilations += 1
+      return
+    super()._on_event(event, duration, **kwargs)
+
+  def answered_by(self, version: int) -> None:
+    with self._lock:
+      self.by_version[version] = self.by_version.get(version, 0) + 1
+
+  def shadow_failed(self) -> None:
+    with self._lock:
+      self.shadow_errors += 1
+
+  def text(self) -> str:
+    with self._lock:
+      lines = ['# TYPE jaxmodels_version_requests_total counter',
+               *(f'jaxmodels_version_requests_total{{version="{v}"}} {n}'
+                 for v, n in sorted(self.by_version.items())),
+               '# TYPE jaxmodels_shadow_errors_total counter',
+               f'jaxmodels_shadow_errors_total {self.shadow_errors}']
+    return super().text() + '\n'.join([
+        *lines, '# TYPE jaxmodels_prediction_records_dropped_total counter',
+        f'jaxmodels_prediction_records_dropped_total {self.records_dropped()}']) + '\n'
+
+
+def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
+             max_body_bytes: int = 4 << 20, store: str | None = None, log_inputs: float = 0.0,
+             admin_token_file: str | None = None) -> FastAPI:
+  """The app serving `path`: a model repository (its serving state; predictions recorded
+  into `store`, default REPO/monitor.db) or one artifact directory (version 1; recorded only
+  into a `store` given). `log_inputs`: the fraction of examples whose input bytes are kept.
+  Its lifespan compiles every bucket up to `max_batch_size` (1: one request at a time, no
+  batching) of every loaded version before the first request."""
+  if not 0 <= log_inputs <= 1:
+    raise InputError(f'log_inputs is a fraction in [0, 1], got {log_inputs}', key='log_inputs')
+  if ModelRepository.is_single_artifact(path):
+    repo = OneArtifact(path)
+  else:
+    repo = ModelRepository(path)
+    if not repo.versions():
+      raise InputError(f'{path} is neither an exported model nor a repository with a version: '
+                       'run `export` first', key='directory')
+    store = store or os.path.join(path, STORE_FILE)
   buckets = request_batching.buckets_up_to(max_batch_size)
-  metrics = Metrics(buckets)
-  state = {}
+  warming = Warming()
+  metrics = ServingMetrics(buckets, warming)
+  table = VersionTable(repo, buckets=buckets, max_wait_ms=max_wait_ms if max_batch_size > 1 else 0,
+                       observe=metrics.batch, warming=warming)
+  champion_manifest = repo.manifest(repo.state().champion)
+  reader = InputReader(champion_manifest)  # Every version shares the champion's input spec.
+  token = read_token(admin_token_file)
+  state, shadows = {}, set()
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
-    functions = {size: model.compile(size) for size in buckets}
-    for size, fn in functions.items():  # Run each once: the first call does any setup.
-      fn(np.zeros((size, *reader.shape), reader.dtype))
-    state['batcher'] = request_batching.Batcher(functions, max_wait_ms if max_batch_size > 1 else 0,
-                                        metrics.batch)
+    state['store'] = None if store is None else await asyncio.to_thread(PredictionStore, store)
+    app.state.store = state['store']
+    metrics.records_dropped = lambda: state['store'].dropped if state['store'] else 0
+    await asyncio.to_thread(table.start)
+    state['ready'] = True
     metrics.warmed_up()
     # The objects made so far (jax, the app, the compiled buckets) live as long as the server.
     # Frozen, they are no longer walked by each garbage collection, which the thousand lists
     # of a parsed JSON image set off every request or so: 3-4x the parse time otherwise.
     gc.freeze()
     yield
-    state.pop('batcher').close()
+    state.pop('ready')
+    if shadows:
+      await asyncio.wait(list(shadows), timeout=30)
+    table.close()
+    if state['store'] is not None:
+      await asyncio.to_thread(state['store'].close)
 
   app = FastAPI(title='jaxmodels serve', lifespan=lifespan,
-                description=f'{model.manifest["run"]["task"]} '
-                            f'({model.manifest["run"]["model"]["name"]})')
+                description=f'{champion_manifest["run"]["task"]} '
+                            f'({champion_manifest["run"]["model"]["name"]})')
 
   @app.exception_handler(HTTPException)
   async def http_error(request, e):  # 404, 405, ... as JSON {"error"} like the others.
@@ -120,18 +195,56 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
       raise BadRequest(413, f'{len(examples)} examples in one request: at most {max_batch_size}')
     return examples
 
+  def records_of(top_k: list, examples: np.ndarray, version: int, seconds: float) -> list:
+    return [new_record(row, example.tobytes(), model_version=version, latency_ms=1000 * seconds,
+                       keep_input=log_inputs > 0 and random.random() < log_inputs)
+            for row, example in zip(top_k, examples)]
+
+  async def run_shadow(served, examples: np.ndarray, k: int) -> None:
+    """The shadow's predictions for the examples, recorded; its errors only counted."""
+    start = time.perf_counter()
+    try:
+      logits = await asyncio.wrap_future(served.batcher.submit(examples))
+      if state['store'] is not None:
+        state['store'].record(records_of(artifact.top_k(logits, served.class_names, k),
+                                         examples, served.version,
+                                         time.perf_counter() - start))
+    except Exception:  # Never the client's problem.
+      metrics.shadow_failed()
+    finally:
+      served.in_flight -= 1
+
   @app.post('/predict', openapi_extra={'requestBody': {'required': True, 'content': {
       'application/json': {'schema': PredictRequest.model_json_schema()}}}})
   async def predict(request: Request):
-    """Top-k labels with probabilities for each example, most probable first."""
+    """Top-k labels with probabilities for each example, most probable first, an id for each
+    prediction (for /v1/feedback) and the version that answered."""
     start, status = time.perf_counter(), 200
     metrics.started()
+    served = None
     try:
       parsed = await read_body(request)
-      logits = await asyncio.wrap_future(state['batcher'].submit(examples_of(parsed)))
+      examples = examples_of(parsed)
+      routing = table.routing  # One table for the whole request.
+      served = routing.pick(request.headers.get('x-request-id') or uuid.uuid4().hex)
+      served.in_flight += 1
+      if (shadow := routing.shadow) is not None:
+        shadow.in_flight += 1
+        task = asyncio.create_task(run_shadow(shadow, examples, parsed.top_k))
+        shadows.add(task)
+        task.add_done_callback(shadows.discard)
+      logits = await asyncio.wrap_future(served.batcher.submit(examples))
+      top_k = artifact.top_k(logits, served.class_names, parsed.top_k)
+      records = records_of(top_k, examples, served.version, time.perf_counter() - start)
+      if state['store'] is not None:
+        state['store'].record(records)
+      metrics.answered_by(served.version)
       # Serialised here: FastAPI's generic encoder would walk every record again.
-      return Response(orjson.dumps({'predictions': artifact.top_k(
-          logits, model.class_names, parsed.top_k)}), media_type='application/json')
+      return Response(orjson.dumps({'predictions': top_k,
+                                    'prediction_ids': [r.prediction_id for r in records],
+                                    'model_version': served.version}),
+                      media_type='application/json',
+                      headers={'X-Model-Version': str(served.version)})
     except InputError as e:
       status = 422
       return JSONResponse({'error': str(e)}, status_code=status)
@@ -139,6 +252,8 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
       status = e.status
       return JSONResponse({'error': str(e)}, status_code=status)
     finally:
+      if served is not None:
+        served.in_flight -= 1
       metrics.finished(status, time.perf_counter() - start)
 
   @app.get('/healthz')
@@ -147,9 +262,10 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
 
   @app.get('/readyz')
   async def readyz():
-    if 'batcher' not in state:
+    if 'ready' not in state:
       return JSONResponse({'status': 'warming up'}, status_code=503)
-    return {'status': 'ready', 'buckets': list(buckets)}
+    return {'status': 'ready', 'buckets': list(buckets),
+            'versions': list(table.routing.state.loaded)}
 
   @app.get('/metrics', response_class=PlainTextResponse)
   async def metrics_page():
@@ -160,5 +276,12 @@ def make_app(directory: str, *, max_batch_size: int = 64, max_wait_ms: float = 5
     with open(DEMO_PAGE, encoding='utf-8') as f:
       return f.read().replace('{{INPUT_KIND}}', reader.kind)
 
-  app.state.metrics = metrics
+  def class_names() -> list[str]:
+    champion = table.routing.served[table.routing.state.champion]
+    return champion.class_names or [str(c) for c in range(champion.model.exported.out_avals[0]
+                                                          .shape[-1])]
+
+  add_version_routes(app, table, token)
+  add_feedback_route(app, lambda: state.get('store'), class_names)
+  app.state.metrics, app.state.versions = metrics, table
   return app
