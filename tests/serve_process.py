@@ -16,7 +16,8 @@ def free_port() -> int:
 
 
 class Server:
-  """Starts the server on `directory` with extra command-line `options`; `url`, `request`."""
+  """Starts the server on `directory` (an exported model or a model repository) with extra
+  command-line `options` (`--store URL`, `--admin-token-file FILE`, ...); `url`, `request`."""
 
   def __init__(self, directory: str, *options: str, timeout: float = 120):
     self.port = free_port()
@@ -59,6 +60,11 @@ class Server:
     text = self.request('GET', '/metrics')[1]
     return float(next(line.split()[-1] for line in text.splitlines()
                       if line.startswith(name + ' ')))
+
+  def kill(self) -> int:
+    """SIGKILL: no shutdown, nothing flushed."""
+    self.process.kill()
+    return self.process.wait(timeout=60)
 
   def stop(self) -> int:
     if self.process.poll() is None:

@@ -273,3 +273,93 @@ def test_a_single_artifact_serves_as_version_one(exported, tmp_path):
     assert client.post('/v1/feedback', json={'feedback': [
         {'prediction_id': 'a' * 32, 'label': 0}]}).status_code == 409  # No store.
   assert sorted(os.listdir(artifact_dir)) == before  # Nothing written into the artifact.
+
+
+@pytest.mark.slow
+def test_feedback_and_state_survive_a_sigkill(exported, repo, capsys):
+  """A real server: the serving state set with `jaxmodels versions`; a burst of feedback,
+  SIGKILL in the middle of it; after a restart every feedback answered 200 is in the store
+  and the canary is the one set before."""
+  token = ['--token-file', str(repo.parent / 'token')]
+  server = Server(str(repo), '--max-batch-size', '4', '--admin-token-file',
+                  str(repo.parent / 'token'))
+  try:
+    assert console.main(['versions', 'load', server.url, '2', *token]) == 0
+    assert console.main(['versions', 'canary', server.url, '2', '--percent', '30', *token]) == 0
+    capsys.readouterr()
+    assert console.main(['versions', 'list', server.url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v['version'], v['state']) for v in listed['versions']] == [(1, 'champion'),
+                                                                        (2, 'canary')]
+    before = listed['serving']
+    assert console.main(['versions', 'load', server.url, '9', *token]) == 2
+    assert capsys.readouterr().err.startswith('error: 404: version 9 is not in')
+    assert console.main(['versions', 'rollback', server.url]) == 2  # No token.
+    assert '401' in capsys.readouterr().err
+    images = exported[1][:4].tolist()
+    ids = [i for _ in range(40)
+           for i in server.request('POST', '/predict', {'inputs': images})[1]['prediction_ids']]
+    answered, stop = [], threading.Event()
+
+    def burst():
+      for n, prediction_id in enumerate(ids):
+        try:
+          status, _ = server.request('POST', '/v1/feedback', {'feedback': [
+              {'prediction_id': prediction_id, 'label': CLASSES[n % 8]}]}, timeout=10)
+        except OSError:
+          return  # The server is gone.
+        if status == 200:
+          answered.append((prediction_id, n % 8))
+        if stop.is_set():
+          return
+
+    client = threading.Thread(target=burst)
+    client.start()
+    deadline = time.monotonic() + 60
+    while len(answered) < 30 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert server.kill() == -signal.SIGKILL
+    stop.set()
+    client.join()
+    assert 30 <= len(answered) < len(ids)
+  finally:
+    server.kill()
+  server = Server(str(repo), '--max-batch-size', '4')
+  try:
+    assert server.request('GET', '/v1/versions')[1]['serving'] == before == saved(repo)
+    assert server.request('GET', '/readyz')[1]['versions'] == [1, 2]
+    with sqlite3.connect(repo / 'monitor.db') as db:
+      stored = dict(db.execute('SELECT prediction_id, label FROM feedback'))
+    assert all(stored.get(i) == label for i, label in answered)
+  finally:
+    assert server.stop() == -signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_two_servers_share_one_postgresql_store(exported, repo):
+  """A prediction made by one server gets its feedback accepted through the other."""
+  from postgres_server import postgres_server
+  with postgres_server() as url:
+    servers = [Server(str(repo), '--max-batch-size', '2', '--store', url) for _ in range(2)]
+    try:
+      ids = servers[0].request('POST', '/predict',
+                               {'inputs': exported[1][:2].tolist()})[1]['prediction_ids']
+      deadline = time.monotonic() + 10
+      while True:  # The first server's writer commits its records within ~50 ms.
+        status, answer = servers[1].request('POST', '/v1/feedback', {'feedback': [
+            {'prediction_id': ids[0], 'label': 'class2'}, {'prediction_id': ids[1], 'label': 4}]})
+        if status != 404 or time.monotonic() > deadline:
+          break
+        time.sleep(0.1)
+      assert (status, answer) == (200, {'accepted': 2})
+      assert servers[0].request('POST', '/v1/feedback', {'feedback': [
+          {'prediction_id': ids[0], 'label': 7}]}) == (200, {'accepted': 1})
+    finally:
+      for server in servers:
+        server.stop()
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+      labels = dict(connection.execute(sa.text('SELECT prediction_id, label FROM feedback')).all())
+    engine.dispose()
+    assert labels == {ids[0]: 7, ids[1]: 4}
