@@ -267,6 +267,8 @@ def test_a_single_artifact_serves_as_version_one(exported, tmp_path):
     assert response.status_code == 200 and response.headers['X-Model-Version'] == '1'
     assert response.json()['model_version'] == 1 and len(response.json()['prediction_ids']) == 2
     assert [v['state'] for v in client.get('/v1/versions').json()['versions']] == ['champion']
+    page = client.get('/').text
+    assert 'id="feedback"' in page and json.dumps(CLASSES, separators=(',', ':')) in page
     assert client.post('/v1/versions/1/promote', headers=AUTH).status_code == 200  # No change.
     response = client.post('/v1/rollback', headers=AUTH)
     assert response.status_code == 409
@@ -363,3 +365,46 @@ def test_two_servers_share_one_postgresql_store(exported, repo):
       labels = dict(connection.execute(sa.text('SELECT prediction_id, label FROM feedback')).all())
     engine.dispose()
     assert labels == {ids[0]: 7, ids[1]: 4}
+
+
+@pytest.mark.slow
+def test_demo_page_sends_feedback_in_headless_chromium(exported, repo, tmp_path):
+  """A person's path: an image chosen, its labels shown, another label picked and sent; the
+  store holds it for the prediction the page made."""
+  import demo_browser
+  from PIL import Image
+  if demo_browser.CHROMIUM is None:
+    pytest.skip('needs Debian chromium')
+  Image.fromarray(exported[1][5][..., 0]).save(tmp_path / 'upload.png')
+  server = Server(str(repo), '--max-batch-size', '2')
+  browser = demo_browser.Browser()
+  try:
+    target = browser.send('Target.createTarget', url=server.url + '/')['targetId']
+    session = browser.send('Target.attachToTarget', targetId=target, flatten=True)['sessionId']
+    evaluate = lambda expression: browser.send('Runtime.evaluate', session, expression=expression,
+                                               returnByValue=True)['result'].get('value')
+
+    def wait_for(expression: str, timeout: float = 60):
+      deadline = time.monotonic() + timeout
+      while not (value := demo_browser.loaded(evaluate) and evaluate(expression)):
+        assert time.monotonic() < deadline, expression
+        time.sleep(0.1)
+      return value
+
+    wait_for("document.readyState === 'complete'")
+    root = browser.send('DOM.getDocument', session)['root']['nodeId']
+    node = browser.send('DOM.querySelector', session, nodeId=root, selector='#file')['nodeId']
+    browser.send('DOM.setFileInputFiles', session, nodeId=node,
+                 files=[str(tmp_path / 'upload.png')])
+    wait_for("document.getElementById('status').textContent === 'done'")
+    assert evaluate("document.getElementById('feedback').hidden") is False
+    evaluate("document.getElementById('correct').value = 'class6'; "
+             "document.querySelector('#feedback button').click()")
+    shown = wait_for("(t => t.startsWith('thank') || t.startsWith('error') ? t : '')"
+                     "(document.getElementById('feedback-status').textContent)")
+    assert shown == 'thank you: recorded as class6', shown
+  finally:
+    browser.close()
+    server.stop()
+  with sqlite3.connect(repo / 'monitor.db') as db:
+    assert db.execute('SELECT label FROM feedback').fetchall() == [(6,)]

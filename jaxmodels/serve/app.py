@@ -274,7 +274,10 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
   @app.get('/', response_class=HTMLResponse)
   async def demo():
     with open(DEMO_PAGE, encoding='utf-8') as f:
-      return f.read().replace('{{INPUT_KIND}}', reader.kind)
+      page = f.read().replace('{{INPUT_KIND}}', reader.kind)
+    # Inside <script>: JSON with '<' escaped cannot close the element.
+    names = orjson.dumps(class_names()).decode().replace('<', '\\u003c')
+    return page.replace('{{CLASS_NAMES}}', names)
 
   def class_names() -> list[str]:
     champion = table.routing.served[table.routing.state.champion]
