@@ -127,6 +127,33 @@ def test_version_lifecycle_over_http(exported, repo):
         'X-Request-Id': f'request-{i}'}).json()['model_version'] for i in range(40)} == {1, 2}
 
 
+def test_unload_lets_the_requests_routed_to_it_finish(exported, repo):
+  """Requests wait in version 2's batcher (a long max wait) when it is unloaded: all are
+  answered by it, and the next ones by the champion."""
+  images = exported[1][:1].tolist()
+  with client_of(repo, max_batch_size=8, max_wait_ms=800) as client:
+    change(client, '/v1/versions/2/load')
+    state = model_repository.ServingState(**change(client, '/v1/versions/2/canary',
+                                                   {'percent': 50}))
+    ids = [f'id-{i}' for i in range(40) if model_repository.route(state, f'id-{i}') == 2][:4]
+    answers = [None] * len(ids)
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, client.post(
+        '/predict', json={'inputs': images}, headers={'X-Request-Id': ids[i]})))
+        for i in range(len(ids))]
+    for thread in threads:
+      thread.start()
+    deadline = time.monotonic() + 30
+    while metric(client, 'jaxmodels_requests_in_flight') < len(ids):
+      assert time.monotonic() < deadline
+      time.sleep(0.02)
+    assert change(client, '/v1/versions/2/unload')['loaded'] == [1]
+    for thread in threads:
+      thread.join()
+    assert [(a.status_code, a.json()['model_version']) for a in answers] == [(200, 2)] * 4
+    assert client.post('/predict', json={'inputs': images}, headers={
+        'X-Request-Id': ids[0]}).json()['model_version'] == 1
+
+
 def _fake_versions(repo):
   """Version 3 takes other inputs; version 4 is a broken artifact."""
   repository = model_repository.ModelRepository(repo)
@@ -286,9 +313,12 @@ def test_feedback_and_state_survive_a_sigkill(exported, repo, capsys):
   server = Server(str(repo), '--max-batch-size', '4', '--admin-token-file',
                   str(repo.parent / 'token'))
   try:
-    assert console.main(['versions', 'load', server.url, '2', *token]) == 0
-    assert console.main(['versions', 'canary', server.url, '2', '--percent', '30', *token]) == 0
-    capsys.readouterr()
+    for command in (['load', '2'], ['shadow', '2'], ['promote', '2'], ['rollback'],
+                    ['unload', '2'], ['load', '2'], ['canary', '2', '--percent', '30']):
+      assert console.main(['versions', command[0], server.url, *command[1:], *token]) == 0
+    answers = [json.loads(a) for a in capsys.readouterr().out.replace('}\n{', '}\0{').split('\0')]
+    assert [a['serving']['champion'] for a in answers] == [1, 1, 2, 1, 1, 1, 1]
+    assert answers[-1]['serving']['previous_champions'] == []
     assert console.main(['versions', 'list', server.url]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(v['version'], v['state']) for v in listed['versions']] == [(1, 'champion'),

@@ -83,7 +83,7 @@ def add_version_routes(app: FastAPI, table: VersionTable, token: str | None) -> 
     for version in versions:
       try:
         summary = await asyncio.to_thread(table.repo.version_summary, version)
-      except (OSError, ValueError) as e:  # A broken version is listed as such.
+      except (OSError, ValueError, RepositoryError) as e:  # Broken or just removed.
         summary = {'version': version, 'error': f'{type(e).__name__}: {e}'}
       listed.append({**summary, **role(state, version)})
     return {'versions': listed, 'serving': state.to_json()}
