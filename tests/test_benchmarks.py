@@ -1,5 +1,6 @@
 """Smoke tests: every benchmark script runs a few steps end to end, so none rots.
 (Their figures are measurements, printed by the scripts; nothing here asserts on time.)"""
+import json
 import os
 import pathlib
 import re
@@ -65,3 +66,39 @@ def test_gpu_airbench_runs_a_tiny_net():
   out = run('gpu_airbench.py', '--quick', '--torch_cpu')
   assert re.search(r'jaxmodels: train [\d,]+ img/s, TTA eval [\d,]+ img/s', out), out
   assert re.search(r'pytorch: +(train [\d,]+ img/s|skipped)', out), out
+
+
+@pytest.mark.slow
+def test_serve_load_rollout_runs(tmp_path_factory, tmp_path):
+  """serve_load.py --rollout --compare-logging on a two-version repository, briefly: every
+  figure printed and written, no errors, no compilation after warm-up, one version an answer,
+  and the serving state left as it was."""
+  from deploy_run import trained_once
+  from jaxmodels import console
+  workdir, root = trained_once(tmp_path_factory)
+  repo = tmp_path / 'repo'
+  for extra in ([], ['--quantize', 'int8']):
+    assert console.main(['export', workdir, '--repo', str(repo), '--platforms', 'cpu',
+                         *extra]) == 0
+  np.save(tmp_path / 'images.npy', np.load(root / 'data' / 'test.npz')['image'][:32])
+  out = run('serve_load.py', str(repo), '--rollout', '--compare-logging', '--clients', '3',
+            '--seconds', '4', '--max-batch-size', '4', '--images', str(tmp_path / 'images.npy'),
+            '--json', str(tmp_path / 'load.json'), env={**os.environ, 'XLA_FLAGS': ''})
+  assert re.search(r'^cpu: .+ \(\d+ cores\)$', out, re.M), out
+  for phase in ('before', 'during', 'after'):
+    assert re.search(rf'^  {phase} .* req/s  p50 .* ms  p99 .* ms', out, re.M), out
+  assert re.search(r'canary share [\d.]+ % of \d+ requests', out), out
+  assert re.search(r'p99 during / before: [\d.]+x', out), out
+  assert re.search(r'logging on \(--log-inputs 0\.1\) / off \(--store off\): [\d.]+x', out), out
+  load = json.loads((tmp_path / 'load.json').read_text())
+  rollout = load['rollout']
+  assert (rollout['champion'], rollout['candidate']) == (2, 1)
+  assert all(swap['status'] == 200 for swap in rollout['swaps'].values()), rollout['swaps']
+  assert rollout['errors'] == 0 and rollout['requests'] > 0
+  assert rollout['compilations_after_warmup'] == {'before': 0, 'after': 0}
+  assert rollout['one_version_answers'] == rollout['requests']
+  assert set(rollout['versions_answered']) == {'1', '2'}
+  for side in ('off', 'on'):
+    assert load['logging'][side]['errors'] == 0 and load['logging'][side]['requests'] > 0
+    assert load['logging'][side]['compilations_after_warmup'] == 0
+  assert not (repo / 'serving.json').exists()  # The serving state as it was.

@@ -304,6 +304,14 @@ def test_a_single_artifact_serves_as_version_one(exported, tmp_path):
   assert sorted(os.listdir(artifact_dir)) == before  # Nothing written into the artifact.
 
 
+def test_store_off_records_nothing(exported, repo):
+  """--store off: a repository served without its prediction store (no monitor.db)."""
+  with client_of(repo, store='off') as client:
+    response = client.post('/predict', json={'inputs': exported[1][:1].tolist()})
+    assert response.status_code == 200 and client.app.state.store is None
+  assert not (repo / 'monitor.db').exists()
+
+
 @pytest.mark.slow
 def test_feedback_and_state_survive_a_sigkill(exported, repo, capsys):
   """A real server: the serving state set with `jaxmodels versions`; a burst of feedback,

@@ -19,8 +19,8 @@ def add_arguments(parser) -> None:
                       help='larger request bodies get 413 (default: %(default)s)')
   parser.add_argument('--store', default=None,
                       help='where predictions and feedback are recorded: a SQLite file or a '
-                           'SQLAlchemy URL (default: REPO/monitor.db for a repository; none for '
-                           'one exported model)')
+                           'SQLAlchemy URL, or off to record nothing (default: REPO/monitor.db '
+                           'for a repository; none for one exported model)')
   parser.add_argument('--log-inputs', type=float, default=0.0, metavar='FRACTION',
                       help='the random fraction of examples whose input bytes are recorded '
                            '(their sha256 always is; default: %(default)s)')

@@ -46,6 +46,7 @@ from jaxmodels.serve.versions_routes import add_version_routes, read_token
 
 DEMO_PAGE = os.path.join(os.path.dirname(__file__), 'demo.html')
 STORE_FILE = 'monitor.db'
+NO_STORE = ('off', 'none')  # --store values that record nothing
 
 
 class PredictRequest(pydantic.BaseModel):
@@ -106,7 +107,7 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
              admin_token_file: str | None = None) -> FastAPI:
   """The app serving `path`: a model repository (its serving state; predictions recorded
   into `store`, default REPO/monitor.db) or one artifact directory (version 1; recorded only
-  into a `store` given). `log_inputs`: the fraction of examples whose input bytes are kept.
+  into a `store` given; `store='off'` or `'none'` records nothing). `log_inputs`: the fraction of examples whose input bytes are kept.
   Its lifespan compiles every bucket up to `max_batch_size` (1: one request at a time, no
   batching) of every loaded version before the first request."""
   if not 0 <= log_inputs <= 1:
@@ -119,6 +120,8 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
       raise InputError(f'{path} is neither an exported model nor a repository with a version: '
                        'run `export` first', key='directory')
     store = store or os.path.join(path, STORE_FILE)
+  if store in NO_STORE:  # Recording off: a baseline to measure its cost against.
+    store = None
   buckets = request_batching.buckets_up_to(max_batch_size)
   warming = Warming()
   metrics = ServingMetrics(buckets, warming)
