@@ -3,10 +3,8 @@ from a CSV file with the columns prediction_id,label (a class name or index), in
 prediction store; all rows or none."""
 import os
 
-from jaxmodels.serve.model_repository import ModelRepository
+from jaxmodels.serve.model_repository import STORE_FILE, ModelRepository
 from jaxmodels.serve.prediction_store import PredictionStore, import_feedback_csv
-
-STORE_FILE = 'monitor.db'  # What `serve REPO` records into.
 
 
 def add_arguments(parser) -> None:
@@ -24,7 +22,9 @@ def main(args) -> int:
   store = PredictionStore(args.store or os.path.join(args.repo, STORE_FILE))
   try:
     count = import_feedback_csv(store, args.file, class_names)
+    counts = store.counts()
   finally:
     store.close()
-  print(f'imported {count} feedback labels from {args.file}')
+  print(f'imported {count} feedback labels from {args.file}; the store holds '
+        f'{counts["feedback"]} labels for {counts["predictions"]} predictions')
   return 0

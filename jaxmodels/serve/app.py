@@ -38,14 +38,13 @@ from jaxmodels.errors import InputError
 from jaxmodels.serve import artifact, request_batching
 from jaxmodels.serve.feedback_routes import add_feedback_route
 from jaxmodels.serve.inputs import InputReader
-from jaxmodels.serve.model_repository import ModelRepository
+from jaxmodels.serve.model_repository import STORE_FILE, ModelRepository
 from jaxmodels.serve.prediction_store import PredictionStore, new_record
 from jaxmodels.serve.served_versions import OneArtifact, VersionTable, Warming
 from jaxmodels.serve.server_metrics import COMPILE_EVENT, Metrics
 from jaxmodels.serve.versions_routes import add_version_routes, read_token
 
 DEMO_PAGE = os.path.join(os.path.dirname(__file__), 'demo.html')
-STORE_FILE = 'monitor.db'
 NO_STORE = ('off', 'none')  # --store values that record nothing
 
 

@@ -26,6 +26,7 @@ from jaxmodels.serve import artifact
 
 STATE, NEXT_VERSION, LOCK = 'serving.json', '.next_version', '.lock'
 ROUTE_BUCKETS = 10_000  # A canary share resolves to 0.01 %.
+STORE_FILE = 'monitor.db'  # Where a server of the repository records predictions by default.
 
 
 class RepositoryError(InputError):
