@@ -106,9 +106,10 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
              admin_token_file: str | None = None) -> FastAPI:
   """The app serving `path`: a model repository (its serving state; predictions recorded
   into `store`, default REPO/monitor.db) or one artifact directory (version 1; recorded only
-  into a `store` given; `store='off'` or `'none'` records nothing). `log_inputs`: the fraction of examples whose input bytes are kept.
-  Its lifespan compiles every bucket up to `max_batch_size` (1: one request at a time, no
-  batching) of every loaded version before the first request."""
+  into a `store` given; `store='off'` or `'none'` records nothing). `log_inputs`: the
+  fraction of examples whose input bytes are kept. Its lifespan compiles every bucket up to
+  `max_batch_size` (1: one request at a time, no batching) of every loaded version before the
+  first request."""
   if not 0 <= log_inputs <= 1:
     raise InputError(f'log_inputs is a fraction in [0, 1], got {log_inputs}', key='log_inputs')
   if ModelRepository.is_single_artifact(path):
