@@ -196,6 +196,16 @@ def _listed(versions) -> str:
   return ', '.join(map(str, sorted(versions))) or 'none'
 
 
+def summary_of(version: int, manifest: dict) -> dict:
+  """{'version', 'run': {'workdir', 'task', 'step', 'model'}, 'test', 'created_at'}: what a
+  version is, from its artifact's manifest (`model` is the model's name)."""
+  run = manifest.get('run') or {}
+  return {'version': version,
+          'run': {'workdir': run.get('workdir'), 'task': run.get('task'),
+                  'step': run.get('step'), 'model': (run.get('model') or {}).get('name')},
+          'test': run.get('test'), 'created_at': manifest.get('exported_at')}
+
+
 class ModelRepository:
   """The repository directory `path` (created by the first `add_version`)."""
 
@@ -228,14 +238,8 @@ class ModelRepository:
       return json.load(f)
 
   def version_summary(self, version: int) -> dict:
-    """{'version', 'run': {'workdir', 'task', 'step', 'model'}, 'test', 'created_at'}: what
-    a version is, from its manifest (`model` is the model's name)."""
-    manifest = self.manifest(version)
-    run = manifest.get('run') or {}
-    return {'version': version,
-            'run': {'workdir': run.get('workdir'), 'task': run.get('task'),
-                    'step': run.get('step'), 'model': (run.get('model') or {}).get('name')},
-            'test': run.get('test'), 'created_at': manifest.get('exported_at')}
+    """What a version is, from its manifest (`summary_of`)."""
+    return summary_of(version, self.manifest(version))
 
   def add_version(self, write_artifact: Callable[[str], object]) -> int:
     """Calls `write_artifact(directory)` on a new empty directory inside the repository,

@@ -44,11 +44,7 @@ class OneArtifact:
     return self.model.manifest
 
   def version_summary(self, version: int) -> dict:
-    run = self.manifest(version).get('run') or {}
-    return {'version': 1, 'run': {'workdir': run.get('workdir'), 'task': run.get('task'),
-                                  'step': run.get('step'),
-                                  'model': (run.get('model') or {}).get('name')},
-            'test': run.get('test'), 'created_at': self.model.manifest.get('exported_at')}
+    return model_repository.summary_of(version, self.manifest(version))
 
   def state(self) -> ServingState:
     return ServingState(champion=1, loaded=(1,))
@@ -124,7 +120,7 @@ class VersionTable:
   `change(transition, *args)` applies a `model_repository` transition: the versions the new
   state loads are compiled first (in a thread), then the state is saved, then the table
   swapped, then the versions it dropped retire. Any failure leaves state and table as they
-  were. `on_warm_up(thread)`: the loader thread about to compile, `None` once done."""
+  were. `warming`: marks the threads compiling a version as warming up (`Warming`)."""
 
   def __init__(self, repo, *, buckets, max_wait_ms: float, observe, warming):
     self.repo, self.buckets, self.max_wait_ms, self.observe = repo, buckets, max_wait_ms, observe
