@@ -8,7 +8,8 @@ synchronous, durable when it returns, all or nothing in one transaction.
 
   predictions  prediction_id (uuid4 hex), created_at (unix s), model_version, top_k (JSON),
                predicted (class index), input_digest (sha256 hex), latency_ms, input (bytes
-               of a sampled fraction, else NULL)
+               of a sampled fraction, else NULL), confidence (the top probability), summary
+               (JSON: the input's drift summary, `drift.Reference.summarize`, or NULL)
   feedback     prediction_id -> predictions, label (class index), received_at (unix s)
 """
 import contextlib
@@ -24,6 +25,7 @@ import time
 import typing
 import uuid
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -42,6 +44,8 @@ predictions_table = sa.Table(
     sa.Column('input_digest', sa.Text, nullable=False),
     sa.Column('latency_ms', sa.Double, nullable=False),
     sa.Column('input', sa.LargeBinary, nullable=True),
+    sa.Column('confidence', sa.Double, nullable=True),
+    sa.Column('summary', sa.Text, nullable=True),
     sa.Index('predictions_created_at', 'created_at'),
     sa.Index('predictions_model_version', 'model_version'))
 feedback_table = sa.Table(
@@ -79,7 +83,8 @@ class BadLabel(InputError):  # noqa: N818 - named for what the client sent (HTTP
 class PredictionRecord(typing.NamedTuple):
   """One served prediction, as stored. `top_k`: the /predict records of the example
   ({'label', 'index', 'probability'}, best first); `input`: its bytes, or None when this
-  example was not sampled."""
+  example was not sampled; `confidence`: the top probability; `summary`: the input's drift
+  summary (k floats) or None."""
   prediction_id: str
   created_at: float
   model_version: int
@@ -88,15 +93,20 @@ class PredictionRecord(typing.NamedTuple):
   input_digest: str
   latency_ms: float
   input: bytes | None = None
+  confidence: float | None = None
+  summary: list | None = None
 
 
 def new_record(top_k: list, input_bytes: bytes, *, model_version: int, latency_ms: float,
-               keep_input: bool = False) -> PredictionRecord:
+               keep_input: bool = False, summary=None) -> PredictionRecord:
   """The record of one prediction made now: a fresh uuid4 id, the sha256 of the input bytes
-  (which are kept only with `keep_input`, for the sampled fraction)."""
+  (which are kept only with `keep_input`, for the sampled fraction), the top probability and
+  the input's drift `summary` (a sequence of floats) when there is one."""
   return PredictionRecord(uuid.uuid4().hex, time.time(), int(model_version), top_k,
                           int(top_k[0]['index']), hashlib.sha256(input_bytes).hexdigest(),
-                          float(latency_ms), bytes(input_bytes) if keep_input else None)
+                          float(latency_ms), bytes(input_bytes) if keep_input else None,
+                          float(top_k[0]['probability']),
+                          None if summary is None else [float(x) for x in summary])
 
 
 def engine_for(url: str) -> sa.engine.Engine:
@@ -153,6 +163,12 @@ class PredictionStore:
       if self.engine.dialect.name == 'postgresql':
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
       metadata.create_all(connection)
+      # A store made before the monitor's columns existed gains them (NULL for old rows).
+      present = {c['name'] for c in sa.inspect(connection).get_columns('predictions')}
+      for column in ('confidence', 'summary'):
+        if column not in present:
+          kind = predictions_table.c[column].type.compile(dialect=connection.dialect)
+          connection.exec_driver_sql(f'ALTER TABLE predictions ADD COLUMN {column} {kind}')
 
   @property
   def dropped(self) -> int:
@@ -239,7 +255,8 @@ class PredictionStore:
 
   def _write(self, batch: list) -> None:
     try:
-      rows = [{**record._asdict(), 'top_k': json.dumps(record.top_k, default=_plain)}
+      rows = [{**record._asdict(), 'top_k': json.dumps(record.top_k, default=_plain),
+               'summary': None if record.summary is None else json.dumps(record.summary)}
               for record in batch]
       with self.engine.begin() as connection:
         connection.execute(predictions_table.insert(), rows)
@@ -296,7 +313,27 @@ class PredictionStore:
     query = _filtered(sa.select(predictions_table), since, version).limit(limit)
     with self.engine.connect() as connection:
       rows = connection.execute(query).mappings().all()
-    return [{**row, 'top_k': json.loads(row['top_k'])} for row in rows]
+    return [{**row, 'top_k': json.loads(row['top_k']),
+             'summary': None if row['summary'] is None else json.loads(row['summary'])}
+            for row in rows]
+
+  def recent(self, version: int, limit: int) -> dict:
+    """The last `limit` predictions of `version` that have a drift summary, oldest first, as
+    arrays: created_at (n,), predicted (n,) int64, confidence (n,) and summary (n, k)
+    float64."""
+    p = predictions_table.c
+    query = (sa.select(p.created_at, p.predicted, p.confidence, p.summary)
+             .where(p.model_version == version, p.confidence.is_not(None),
+                    p.summary.is_not(None))
+             .order_by(p.created_at.desc(), p.prediction_id.desc()).limit(limit))
+    with self.engine.connect() as connection:
+      rows = connection.execute(query).all()[::-1]
+    summaries = [json.loads(row.summary) for row in rows]
+    width = len(summaries[0]) if summaries else 0
+    return {'created_at': np.array([row.created_at for row in rows], np.float64),
+            'predicted': np.array([row.predicted for row in rows], np.int64),
+            'confidence': np.array([row.confidence for row in rows], np.float64),
+            'summary': np.array(summaries, np.float64).reshape(len(rows), width)}
 
   def labelled(self, since: float | None = None, version: int | None = None) -> list[dict]:
     """Predictions that have a feedback label, oldest first: dicts of prediction_id,
@@ -307,6 +344,19 @@ class PredictionStore:
     with self.engine.connect() as connection:
       return [dict(row) for row in connection.execute(
           _filtered(query, since, version)).mappings()]
+
+  def labelled_inputs(self, versions=None) -> list[dict]:
+    """Labelled predictions whose input bytes were kept (`serve --log-inputs`), oldest first:
+    dicts of prediction_id, model_version, predicted, label, received_at and input (bytes);
+    of the `versions` given, else of every version."""
+    p, f = predictions_table.c, feedback_table.c
+    query = (sa.select(p.prediction_id, p.model_version, p.predicted, f.label, f.received_at,
+                       p.input).join(feedback_table).where(p.input.is_not(None))
+             .order_by(p.created_at, p.prediction_id))
+    if versions is not None:
+      query = query.where(p.model_version.in_([int(v) for v in versions]))
+    with self.engine.connect() as connection:
+      return [dict(row) for row in connection.execute(query).mappings()]
 
   def counts(self) -> dict[str, int]:
     """{'predictions': n, 'feedback': n} committed so far."""
