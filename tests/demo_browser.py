@@ -1,112 +1,136 @@
-"""Drives headless Chromium through the server's demo page: opens URL, uploads IMAGE in the
-file input (as a person would) and prints the labels the page shows, most probable first.
+"""Headless Chromium driven by Selenium, for the tests that look at a page as a person would:
+open a URL, choose a file, click, wait for text to appear, read it, save a screenshot.
 
   python tests/demo_browser.py http://127.0.0.1:8000/ image.png
 
-Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON
-messages ending in NUL on file descriptors 3 and 4), so nothing but the standard library and
-Debian's `chromium` package is needed.
+prints the labels the server's demo page shows for the image, most probable first. It needs
+Debian's `chromium` and `chromium-driver` (/usr/bin/chromedriver) and the `selenium` package
+(the `test` extra); without one of them, MISSING says which to install.
 """
-import json
+import contextlib
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Callable, Iterator
+
+try:
+  from selenium import webdriver
+  from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+  from selenium.webdriver.chrome.service import Service
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.select import Select
+  from selenium.webdriver.support.wait import WebDriverWait
+except ImportError:  # Importable without it, so that the tests can say it is missing.
+  webdriver = None
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
-# Run by a small Python: the pipe ends become descriptors 3 and 4, then chromium replaces it
-# (no preexec_fn: the parent may have threads).
-MOVE_FDS_AND_EXEC = '''import os, sys
-commands, answers = (os.dup(int(fd)) for fd in sys.argv[1:3])
-os.dup2(commands, 3)
-os.dup2(answers, 4)
-os.set_inheritable(3, True)  # dup2 onto itself (a dup may land on 3) keeps close-on-exec.
-os.set_inheritable(4, True)
-os.execvp(sys.argv[3], sys.argv[3:])'''
+CHROMEDRIVER = shutil.which('chromedriver')
 
 
-class Browser:
-  def __init__(self):
-    to_child, self._to_browser = os.pipe()
-    self._from_browser, from_child = os.pipe()
-    self._profile = tempfile.mkdtemp(prefix='chromium-profile-')
-    command = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu',
-               '--remote-debugging-pipe', f'--user-data-dir={self._profile}', 'about:blank']
-    self.process = subprocess.Popen(
-        [sys.executable, '-c', MOVE_FDS_AND_EXEC, str(to_child), str(from_child), *command],
-        pass_fds=(to_child, from_child), stdout=subprocess.DEVNULL, stderr=None if os.environ.get("DEMO_DEBUG") else subprocess.DEVNULL)
-    os.close(to_child)
-    os.close(from_child)
-    self._next_id, self._buffer = 0, b''
-
-  def send(self, method: str, session: str | None = None, **params) -> dict:
-    self._next_id += 1
-    message = {'id': self._next_id, 'method': method, 'params': params}
-    if session:
-      message['sessionId'] = session
-    os.write(self._to_browser, json.dumps(message).encode() + b'\0')
-    while True:  # Events are skipped: only the answer to this command matters.
-      while b'\0' not in self._buffer:
-        chunk = os.read(self._from_browser, 1 << 16)
-        if not chunk:
-          raise RuntimeError('chromium closed the DevTools pipe')
-        self._buffer += chunk
-      raw, self._buffer = self._buffer.split(b'\0', 1)
-      answer = json.loads(raw)
-      if answer.get('id') == self._next_id:
-        if 'error' in answer:
-          raise RuntimeError(f'{method}: {answer["error"]}')
-        return answer['result']
-
-  def close(self) -> None:
-    try:
-      self.send('Browser.close')
-    except (RuntimeError, OSError):
-      pass
-    try:
-      self.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      self.process.kill()
-    os.close(self._to_browser)
-    os.close(self._from_browser)
-    shutil.rmtree(self._profile, ignore_errors=True)
+def _missing() -> str | None:
+  if CHROMIUM is None:
+    return 'needs Debian chromium (apt-get install chromium chromium-driver)'
+  if CHROMEDRIVER is None:
+    return 'needs Debian chromium-driver (apt-get install chromium-driver)'
+  if webdriver is None:
+    return 'needs selenium (pip install "selenium>=4.20", in the test extra)'
+  return None
 
 
-def labels_shown(url: str, image: str, timeout: float = 60) -> list[str]:
-  """The labels the demo page at `url` lists after `image` is chosen in its file input."""
-  browser = Browser()
+MISSING = _missing()  # Why the browser tests are skipped here, or None.
+# As root Chromium needs --no-sandbox; the machines have no network, and Chromium's background
+# fetches (updates, sync) would only fail there, so they are off.
+ARGUMENTS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--window-size=1280,1000',
+             '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking',
+             '--disable-component-update', '--disable-sync')
+
+
+@contextlib.contextmanager
+def chrome(*arguments: str) -> Iterator['webdriver.Chrome']:
+  """A headless Chrome WebDriver on the system's chromium and chromedriver, quit on exit."""
+  if MISSING:
+    raise RuntimeError(MISSING)
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for argument in ARGUMENTS + arguments:
+    options.add_argument(argument)
+  # Both paths given: Selenium Manager is never asked to download a browser or driver.
+  driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
   try:
-    target = browser.send('Target.createTarget', url=url)['targetId']
-    session = browser.send('Target.attachToTarget', targetId=target, flatten=True)['sessionId']
-
-    def evaluate(expression: str):
-      return browser.send('Runtime.evaluate', session, expression=expression,
-                          returnByValue=True)['result'].get('value')
-
-    deadline = time.monotonic() + timeout
-    while not loaded(evaluate):
-      if time.monotonic() > deadline:
-        raise TimeoutError(f'{url} did not load a demo page')
-      time.sleep(0.1)
-    root = browser.send('DOM.getDocument', session)['root']['nodeId']
-    node = browser.send('DOM.querySelector', session, nodeId=root, selector='#file')['nodeId']
-    browser.send('DOM.setFileInputFiles', session, nodeId=node, files=[os.path.abspath(image)])
-    while (status := evaluate("document.getElementById('status').textContent")) != 'done':
-      if status.startswith('error') or time.monotonic() > deadline:
-        raise RuntimeError(f'the page shows {status!r}')
-      time.sleep(0.1)
-    return evaluate("[...document.querySelectorAll('#result li')].map(li => li.dataset.label)")
+    yield driver
   finally:
-    browser.close()
+    driver.quit()
 
 
-def loaded(evaluate) -> bool:
-  try:  # Until the page exists, there is no context to evaluate in.
-    return evaluate("document.readyState === 'complete' && !!document.getElementById('file')")
-  except RuntimeError:
-    return False
+def open_page(driver, url: str, ready: str = 'body', timeout: float = 60) -> None:
+  """Opens `url` and waits until an element matching the CSS selector `ready` exists."""
+  driver.get(url)
+  WebDriverWait(driver, timeout).until(
+      lambda d: d.find_elements(By.CSS_SELECTOR, ready), f'{url}: no {ready!r} in the page')
+
+
+def wait_text(driver, selector: str, until: Callable[[str], bool] = bool,
+              timeout: float = 60) -> str:
+  """The visible text of the first `selector` match once `until(text)` is true (non-empty)."""
+  last = [None]
+
+  def shown(d):
+    elements = d.find_elements(By.CSS_SELECTOR, selector)
+    last[0] = elements[0].text if elements else None
+    return last[0] is not None and until(last[0])
+
+  try:
+    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        shown)
+  except TimeoutException:
+    raise TimeoutError(f'{selector}: shows {last[0]!r} after {timeout} s') from None
+  return last[0]
+
+
+def texts(driver, selector: str) -> list[str]:
+  """The visible text of every element matching the CSS selector, in page order."""
+  return [element.text for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+
+
+def attributes(driver, selector: str, name: str) -> list[str | None]:
+  """Attribute `name` (e.g. 'data-label', 'href') of every element matching the CSS selector."""
+  return [element.get_attribute(name)
+          for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+
+
+def upload(driver, selector: str, path: str | os.PathLike) -> None:
+  """Chooses the file at `path` in the file input matching the CSS selector."""
+  driver.find_element(By.CSS_SELECTOR, selector).send_keys(os.path.abspath(path))
+
+
+def choose(driver, selector: str, value: str) -> None:
+  """Selects the option with `value` in the <select> matching the CSS selector."""
+  Select(driver.find_element(By.CSS_SELECTOR, selector)).select_by_value(value)
+
+
+def click(driver, selector: str) -> None:
+  """Clicks the element matching the CSS selector."""
+  driver.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def screenshot(driver, path: str | os.PathLike) -> str:
+  """Saves the window as a PNG at `path` and returns the path."""
+  path = os.fspath(path)
+  if not driver.save_screenshot(path):
+    raise RuntimeError(f'could not save a screenshot to {path}')
+  return path
+
+
+def labels_shown(url: str, image: str | os.PathLike, timeout: float = 60) -> list[str]:
+  """The labels the demo page at `url` lists after `image` is chosen in its file input."""
+  with chrome() as driver:
+    open_page(driver, url, '#file', timeout)
+    upload(driver, '#file', image)  # Its change event sends the prediction.
+    status = wait_text(driver, '#status', lambda text: text == 'done' or text.startswith('error'),
+                       timeout)
+    if status != 'done':
+      raise RuntimeError(f'the page shows {status!r}')
+    return attributes(driver, '#result li', 'data-label')
 
 
 if __name__ == '__main__':

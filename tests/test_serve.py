@@ -157,7 +157,7 @@ def test_sigterm_lets_requests_in_flight_finish(deployed):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(demo_browser.CHROMIUM is None, reason='needs Debian chromium')
+@pytest.mark.skipif(demo_browser.MISSING is not None, reason=str(demo_browser.MISSING))
 def test_demo_page_in_headless_chromium(deployed, server, tmp_path):
   """A person's path: the page, a PNG chosen in the file input, the labels shown."""
   image = tmp_path / 'upload.png'

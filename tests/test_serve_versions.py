@@ -411,38 +411,25 @@ def test_demo_page_sends_feedback_in_headless_chromium(exported, repo, tmp_path)
   store holds it for the prediction the page made."""
   import demo_browser
   from PIL import Image
-  if demo_browser.CHROMIUM is None:
-    pytest.skip('needs Debian chromium')
+  if demo_browser.MISSING:
+    pytest.skip(demo_browser.MISSING)
   Image.fromarray(exported[1][5][..., 0]).save(tmp_path / 'upload.png')
   server = Server(str(repo), '--max-batch-size', '2')
-  browser = demo_browser.Browser()
   try:
-    target = browser.send('Target.createTarget', url=server.url + '/')['targetId']
-    session = browser.send('Target.attachToTarget', targetId=target, flatten=True)['sessionId']
-    evaluate = lambda expression: browser.send('Runtime.evaluate', session, expression=expression,
-                                               returnByValue=True)['result'].get('value')
-
-    def wait_for(expression: str, timeout: float = 60):
-      deadline = time.monotonic() + timeout
-      while not (value := demo_browser.loaded(evaluate) and evaluate(expression)):
-        assert time.monotonic() < deadline, expression
-        time.sleep(0.1)
-      return value
-
-    wait_for("document.readyState === 'complete'")
-    root = browser.send('DOM.getDocument', session)['root']['nodeId']
-    node = browser.send('DOM.querySelector', session, nodeId=root, selector='#file')['nodeId']
-    browser.send('DOM.setFileInputFiles', session, nodeId=node,
-                 files=[str(tmp_path / 'upload.png')])
-    wait_for("document.getElementById('status').textContent === 'done'")
-    assert evaluate("document.getElementById('feedback').hidden") is False
-    evaluate("document.getElementById('correct').value = 'class6'; "
-             "document.querySelector('#feedback button').click()")
-    shown = wait_for("(t => t.startsWith('thank') || t.startsWith('error') ? t : '')"
-                     "(document.getElementById('feedback-status').textContent)")
-    assert shown == 'thank you: recorded as class6', shown
+    with demo_browser.chrome() as driver:
+      demo_browser.open_page(driver, server.url + '/', '#file')
+      demo_browser.upload(driver, '#file', tmp_path / 'upload.png')
+      status = demo_browser.wait_text(
+          driver, '#status', lambda text: text == 'done' or text.startswith('error'))
+      assert status == 'done', status
+      assert demo_browser.texts(driver, '#result li')  # The labels, then the feedback form.
+      assert driver.find_element('id', 'feedback').is_displayed()
+      demo_browser.choose(driver, '#correct', 'class6')
+      demo_browser.click(driver, '#feedback button')
+      shown = demo_browser.wait_text(driver, '#feedback-status',
+                                     lambda text: text.startswith(('thank', 'error')))
+      assert shown == 'thank you: recorded as class6', shown
   finally:
-    browser.close()
     server.stop()
   with sqlite3.connect(repo / 'monitor.db') as db:
     assert db.execute('SELECT label FROM feedback').fetchall() == [(6,)]
