@@ -7,7 +7,7 @@ from jaxmodels.errors import DataError
 from jaxmodels.runs import TrainedRun
 from jaxmodels.serve.artifact_export import (PLATFORMS, QUANTIZATIONS, directory_bytes,
                                              export_run, export_version)
-from jaxmodels.tasks.registry import load_test_split
+from jaxmodels.tasks.registry import load_reference_split, load_test_split
 
 
 def add_arguments(parser) -> None:
@@ -28,14 +28,16 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
   platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
-  test_split = None
-  if args.quantize:
-    try:
-      test_split = load_test_split(TrainedRun.load(args.workdir, args.step))
-    except DataError as e:
-      print(f'warning: the test split is not available here ({e})')
+  test_split = reference_split = None
+  run = TrainedRun.load(args.workdir, args.step)
+  try:
+    reference_split = load_reference_split(run)
+    if args.quantize:
+      test_split = load_test_split(run)
+  except DataError as e:
+    print(f'warning: the data of the run is not available here ({e})')
   options = dict(platforms=platforms, quantization=args.quantize, step=args.step,
-                 test_split=test_split)
+                 test_split=test_split, reference_split=reference_split)
   if args.repo:
     version, manifest = export_version(args.workdir, args.repo, **options)
     out = os.path.join(args.repo, str(version))

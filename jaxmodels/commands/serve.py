@@ -24,6 +24,18 @@ def add_arguments(parser) -> None:
   parser.add_argument('--log-inputs', type=float, default=0.0, metavar='FRACTION',
                       help='the random fraction of examples whose input bytes are recorded '
                            '(their sha256 always is; default: %(default)s)')
+  parser.add_argument('--monitor-window', type=int, default=200, metavar='N',
+                      help='predictions per drift window of /v1/monitor and /monitor (default: '
+                           '%(default)s)')
+  parser.add_argument('--drift-correction', choices=('bonferroni', 'fdr'), default='bonferroni',
+                      help='how the drift tests of a window are corrected for their number '
+                           '(default: %(default)s)')
+  parser.add_argument('--promote-margin', type=float, default=1.0, metavar='POINTS',
+                      help='accuracy points a retrained version must gain on its held-out '
+                           'feedback over the champion to be promoted (default: %(default)s)')
+  parser.add_argument('--max-test-drop', type=float, default=1.0, metavar='POINTS',
+                      help='accuracy points a promoted version may lose on the original test '
+                           'split (default: %(default)s)')
   parser.add_argument('--admin-token-file', default=None,
                       help='a file holding the bearer token of the /v1 admin routes (without '
                            'it they answer 403)')
@@ -34,6 +46,7 @@ def main(args) -> int:
     import uvicorn
 
     from jaxmodels.serve.app import make_app
+    from jaxmodels.serve.promotion_gate import PromotionGate
   except ImportError as e:
     raise InputError(f'serve needs the web stack of the serve extra ({e.name} is missing): '
                      'pip install -e ".[serve]" in the jaxmodels checkout') from None
@@ -43,7 +56,9 @@ def main(args) -> int:
   app = make_app(args.directory, max_batch_size=args.max_batch_size,
                  max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
                  store=args.store, log_inputs=args.log_inputs,
-                 admin_token_file=args.admin_token_file)
+                 admin_token_file=args.admin_token_file, monitor_window=args.monitor_window,
+                 drift_correction=args.drift_correction,
+                 gate=PromotionGate(args.promote_margin, args.max_test_drop))
   uvicorn.run(app, host=args.host, port=args.port, log_level='warning',
               timeout_graceful_shutdown=30)
   return 0

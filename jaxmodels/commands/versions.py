@@ -6,7 +6,8 @@ through its /v1 admin routes (stdlib urllib only):
   unload URL V        drop V from memory (not the champion)
   canary URL V --percent P   V answers P % of the requests
   shadow URL V        V sees a copy of the requests, its answers recorded, never returned
-  promote URL V       V becomes the champion
+  promote URL V       V becomes the champion, through the promotion gate (--force overrides
+                      it, and the override is recorded)
   rollback URL        the champion before serves again
 
 Prints the server's JSON answer; an error answer is one line and exit code 2."""
@@ -31,6 +32,10 @@ def add_arguments(parser) -> None:
     sub.add_argument('url', help='the server, e.g. http://127.0.0.1:8000')
     if action not in ('list', 'rollback'):
       sub.add_argument('version', type=int)
+    if action == 'promote':
+      sub.add_argument('--force', action='store_true',
+                       help='promote even when the gate refuses (the server records the '
+                            'override with its numbers)')
     if action == 'canary':
       sub.add_argument('--percent', type=float, required=True,
                        help='the share of the requests it answers, 0 < P < 100')
@@ -78,6 +83,8 @@ def main(args) -> int:
     answer = request(f'{base}/v1/rollback', 'POST', token=token, timeout=args.timeout)
   else:
     body = {'percent': args.percent} if args.action == 'canary' else None
+    if args.action == 'promote' and args.force:
+      body = {'force': True}
     answer = request(f'{base}/v1/versions/{args.version}/{args.action}', 'POST', body, token,
                      args.timeout)
   print(json.dumps(answer, indent=2))

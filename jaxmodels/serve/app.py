@@ -7,7 +7,8 @@ model) over FastAPI.
   GET  /healthz  the process answers;  /readyz  every batch bucket is compiled (warm)
   GET  /metrics  Prometheus text;  /docs  OpenAPI;  /  a demo page
   /v1/versions, /v1/rollback  the serving state (`versions_routes`);  /v1/feedback  labels
-                 for served predictions (`feedback_routes`)
+                 for served predictions (`feedback_routes`);  /v1/monitor, /monitor  drift
+                 and live quality per version (`monitor_routes`), also as gauges in /metrics
 
 A request goes to the champion, or to the canary for its share of the request ids (the
 `X-Request-Id` header, else a fresh one: a retry with the same id meets the same version);
@@ -39,7 +40,10 @@ from jaxmodels.serve import artifact, request_batching
 from jaxmodels.serve.feedback_routes import add_feedback_route
 from jaxmodels.serve.inputs import InputReader
 from jaxmodels.serve.model_repository import STORE_FILE, ModelRepository
+from jaxmodels.serve.monitor import DEFAULT_WINDOW, Monitor, gauges
+from jaxmodels.serve.monitor_routes import add_monitor_routes
 from jaxmodels.serve.prediction_store import PredictionStore, new_record
+from jaxmodels.serve.promotion_gate import PromotionGate
 from jaxmodels.serve.served_versions import OneArtifact, VersionTable, Warming
 from jaxmodels.serve.server_metrics import COMPILE_EVENT, Metrics
 from jaxmodels.serve.versions_routes import add_version_routes, read_token
@@ -103,15 +107,20 @@ class ServingMetrics(Metrics):
 
 def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
              max_body_bytes: int = 4 << 20, store: str | None = None, log_inputs: float = 0.0,
-             admin_token_file: str | None = None) -> FastAPI:
+             admin_token_file: str | None = None, monitor_window: int = DEFAULT_WINDOW,
+             drift_correction: str = 'bonferroni', gate: PromotionGate | None = None) -> FastAPI:
   """The app serving `path`: a model repository (its serving state; predictions recorded
   into `store`, default REPO/monitor.db) or one artifact directory (version 1; recorded only
   into a `store` given; `store='off'` or `'none'` records nothing). `log_inputs`: the
   fraction of examples whose input bytes are kept. Its lifespan compiles every bucket up to
   `max_batch_size` (1: one request at a time, no batching) of every loaded version before the
-  first request."""
+  first request. `monitor_window`: predictions per drift window; `drift_correction`:
+  'bonferroni' or 'fdr'; `gate`: the promotion gate (`promotion_gate`)."""
   if not 0 <= log_inputs <= 1:
     raise InputError(f'log_inputs is a fraction in [0, 1], got {log_inputs}', key='log_inputs')
+  if monitor_window < 2 or drift_correction not in ('bonferroni', 'fdr'):
+    raise InputError(f'monitor_window must be at least 2 and drift_correction bonferroni or fdr, '
+                     f'got {monitor_window} and {drift_correction!r}', key='monitor_window')
   if ModelRepository.is_single_artifact(path):
     repo = OneArtifact(path)
   else:
@@ -136,6 +145,9 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
   async def lifespan(app):
     state['store'] = None if store is None else await asyncio.to_thread(PredictionStore, store)
     app.state.store = state['store']
+    if state['store'] is not None:
+      state['monitor'] = Monitor(state['store'], reference_of, class_names,
+                                 window=monitor_window, correction=drift_correction)
     metrics.records_dropped = lambda: state['store'].dropped if state['store'] else 0
     await asyncio.to_thread(table.start)
     state['ready'] = True
@@ -198,10 +210,17 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
       raise BadRequest(413, f'{len(examples)} examples in one request: at most {max_batch_size}')
     return examples
 
-  def records_of(top_k: list, examples: np.ndarray, version: int, seconds: float) -> list:
-    return [new_record(row, example.tobytes(), model_version=version, latency_ms=1000 * seconds,
-                       keep_input=log_inputs > 0 and random.random() < log_inputs)
-            for row, example in zip(top_k, examples)]
+  def records_of(top_k: list, examples: np.ndarray, served, seconds: float) -> list:
+    summaries = served.summaries(examples)
+    return [new_record(row, example.tobytes(), model_version=served.version,
+                       latency_ms=1000 * seconds,
+                       keep_input=log_inputs > 0 and random.random() < log_inputs,
+                       summary=None if summaries is None else summaries[i])
+            for i, (row, example) in enumerate(zip(top_k, examples))]
+
+  def reference_of(version: int):
+    served = table.routing.served.get(version) if table.routing else None
+    return None if served is None else served.reference
 
   async def run_shadow(served, examples: np.ndarray, k: int) -> None:
     """The shadow's predictions for the examples, recorded; its errors only counted."""
@@ -210,8 +229,7 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
       logits = await asyncio.wrap_future(served.batcher.submit(examples))
       if state['store'] is not None:
         state['store'].record(records_of(artifact.top_k(logits, served.class_names, k),
-                                         examples, served.version,
-                                         time.perf_counter() - start))
+                                         examples, served, time.perf_counter() - start))
     except Exception:  # Never the client's problem.
       metrics.shadow_failed()
     finally:
@@ -238,7 +256,7 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
         task.add_done_callback(shadows.discard)
       logits = await asyncio.wrap_future(served.batcher.submit(examples))
       top_k = artifact.top_k(logits, served.class_names, parsed.top_k)
-      records = records_of(top_k, examples, served.version, time.perf_counter() - start)
+      records = records_of(top_k, examples, served, time.perf_counter() - start)
       if state['store'] is not None:
         state['store'].record(records)
       metrics.answered_by(served.version)
@@ -272,7 +290,13 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
 
   @app.get('/metrics', response_class=PlainTextResponse)
   async def metrics_page():
-    return metrics.text()
+    text = metrics.text()
+    if (monitor := state.get('monitor')) is not None:
+      try:
+        text += gauges(await asyncio.to_thread(monitor.snapshot, table.routing.state))
+      except Exception as e:  # A failing store costs the gauges, not the page.
+        text += f'# monitoring gauges unavailable: {type(e).__name__}\n'
+    return text
 
   @app.get('/', response_class=HTMLResponse)
   async def demo():
@@ -287,7 +311,8 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
     return champion.class_names or [str(c) for c in range(champion.model.exported.out_avals[0]
                                                           .shape[-1])]
 
-  add_version_routes(app, table, token)
+  add_version_routes(app, table, token, gate)
+  add_monitor_routes(app, lambda: state.get('monitor'), lambda: table.routing.state)
   add_feedback_route(app, lambda: state.get('store'), class_names)
   app.state.metrics, app.state.versions = metrics, table
   return app

@@ -5,8 +5,11 @@ normalisation inside) is exported with `jax.export` for a symbolic batch dimensi
 the platforms asked for; its weights go beside it as safetensors (plain arrays, nothing
 executable), and `manifest.json` records what the function cannot do itself (decoding
 images, word tokenisation), the class names, the jax version and the training run with its
-test metrics. `export_version` adds the artifact to a model repository (`model_repository`)
-as its next version.
+test metrics. Beside them, `reference.npz` holds what a served model's drift is judged
+against (`drift.Reference`, fitted on the run's validation split), and a run made by
+`jaxmodels retrain` brings its evaluation (retrain.json) into the manifest, where the
+promotion gate reads it. `export_version` adds the artifact to a model repository
+(`model_repository`) as its next version.
 """
 import datetime
 import json
@@ -22,10 +25,12 @@ from flax import traverse_util
 
 from jaxmodels import data as data_lib
 from jaxmodels.errors import InputError
-from jaxmodels.serve import artifact, int8, model_repository
+from jaxmodels.serve import artifact, drift, int8, model_repository
 from jaxmodels.runs.trained import TrainedRun
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
+REFERENCE = 'reference.npz'
+RETRAIN_RECORD = 'retrain.json'  # What `jaxmodels retrain` writes into its run's workdir.
 QUANTIZATIONS = ('int8',)
 FORMAT_VERSION = 1
 
@@ -71,19 +76,32 @@ def export_function(infer, weights: dict, spec: dict, platforms) -> jax.export.E
   return jax.export.export(jax.jit(infer), platforms=tuple(platforms))(abstract_weights, inputs)
 
 
-def accuracy(infer, weights: dict, inputs, labels, batch_size: int = 1000) -> float:
+def logits_of(infer, weights: dict, inputs, batch_size: int = 1000) -> np.ndarray:
+  """`infer`'s logits (N, C) for host inputs (N, ...), a batch at a time."""
   call = jax.jit(infer)
-  predictions = np.concatenate([np.argmax(call(weights, inputs[i:i + batch_size]), -1)
-                                for i in range(0, len(inputs), batch_size)])
-  return float(np.mean(predictions == labels))
+  return np.concatenate([np.asarray(call(weights, inputs[i:i + batch_size]))
+                         for i in range(0, len(inputs), batch_size)])
+
+
+def accuracy(infer, weights: dict, inputs, labels, batch_size: int = 1000) -> float:
+  return float(np.mean(logits_of(infer, weights, inputs, batch_size).argmax(-1) == labels))
+
+
+def fit_reference(infer, weights: dict, split) -> drift.Reference:
+  """The drift reference of the model on `split`, (inputs as stored (N, ...), labels (N,))."""
+  inputs, labels = split
+  return drift.fit_reference(artifact.softmax(logits_of(infer, weights, inputs)), inputs, labels)
 
 
 def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str | None = None,
-               step: int | None = None, test_split=None, say=print) -> dict:
+               step: int | None = None, test_split=None, reference_split=None,
+               say=print) -> dict:
   """Writes the artifact of the run in `workdir` to the new directory `out` (atomically: a
   failed export leaves nothing there) and returns its manifest. quantization 'int8' also
   measures the test accuracy before and after on `test_split`, (inputs as stored (N, ...),
-  labels (N,)) of the run's test split, when it is given."""
+  labels (N,)) of the run's test split, when it is given. `reference_split`, ('validation'
+  or another split's name, (inputs, labels)), gives the drift reference (`drift`) of the
+  exported weights; without one the served version reports no drift."""
   if quantization not in (None, *QUANTIZATIONS):
     raise InputError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got '
                      f'{quantization!r}', key='quantization')
@@ -109,7 +127,8 @@ def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str
       'run': {'workdir': os.path.abspath(workdir), 'task': run.card['task'],
               'dataset': run.card.get('dataset'), 'step': run.card['step'],
               'model': run.card['model'], 'test': run.card.get('test')},
-      'quantization': None, 'exported_at': datetime.datetime.now().astimezone().isoformat()}
+      'quantization': None, 'reference': None, 'retrain': _retrain_record(workdir),
+      'exported_at': datetime.datetime.now().astimezone().isoformat()}
   if quantization:
     quantized = int8.quantize_int8(weights)
     manifest['quantization'] = {
@@ -126,9 +145,28 @@ def export_run(workdir: str, out: str, *, platforms=PLATFORMS, quantization: str
       say(f'int8: test accuracy {after:.4f} (float {before:.4f}, cost '
           f'{100 * (before - after):+.2f} points) on {len(labels)} examples')
     weights = quantized
+  reference = None
+  if reference_split is not None:
+    split_name, split = reference_split
+    reference = fit_reference(infer, weights, split)
+    manifest['reference'] = {'file': REFERENCE, 'split': split_name, **reference.to_json()}
+    say(f'drift reference: {reference.examples} {split_name} examples, accuracy '
+        f'{reference.accuracy:.4f}, expected calibration error '
+        f'{reference.expected_calibration_error:.4f}')
+  else:
+    say('warning: no validation split given; the served version will report no drift')
   exported = export_function(infer, weights, spec, platforms)
-  _write(out, manifest, exported, weights)
+  _write(out, manifest, exported, weights, reference)
   return manifest
+
+
+def _retrain_record(workdir: str) -> dict | None:
+  """retrain.json of a run `jaxmodels retrain` made (its feedback and evaluation), else None."""
+  path = os.path.join(workdir, RETRAIN_RECORD)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
 
 
 def export_version(workdir: str, repo: str, **kwargs) -> tuple[int, dict]:
@@ -141,7 +179,7 @@ def export_version(workdir: str, repo: str, **kwargs) -> tuple[int, dict]:
   return version, manifests[0]
 
 
-def _write(out: str, manifest: dict, exported, weights: dict) -> None:
+def _write(out: str, manifest: dict, exported, weights: dict, reference) -> None:
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.partial-', dir=parent)
@@ -149,6 +187,8 @@ def _write(out: str, manifest: dict, exported, weights: dict) -> None:
     with open(os.path.join(partial, artifact.FUNCTION), 'wb') as f:
       f.write(exported.serialize())
     safetensors.numpy.save_file(weights, os.path.join(partial, artifact.WEIGHTS))
+    if reference is not None:
+      reference.save(os.path.join(partial, REFERENCE))
     with open(os.path.join(partial, artifact.MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
     shutil.copyfile(artifact.__file__, os.path.join(partial, artifact.LOADER))

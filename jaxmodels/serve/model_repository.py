@@ -25,6 +25,7 @@ from jaxmodels.errors import DataError, InputError
 from jaxmodels.serve import artifact
 
 STATE, NEXT_VERSION, LOCK = 'serving.json', '.next_version', '.lock'
+PROMOTIONS = 'promotions.jsonl'  # One line per promotion: the gate's evidence, forced or not.
 ROUTE_BUCKETS = 10_000  # A canary share resolves to 0.01 %.
 STORE_FILE = 'monitor.db'  # Where a server of the repository records predictions by default.
 
@@ -283,6 +284,21 @@ class ModelRepository:
       state = transition(self.state(), *args)
       self.save_state(state)
       return state
+
+  def record_promotion(self, entry: dict) -> None:
+    """Appends `entry` as one line of REPO/promotions.jsonl, on disk before it returns."""
+    with self._locked(), open(os.path.join(self.path, PROMOTIONS), 'a', encoding='utf-8') as f:
+      f.write(json.dumps(entry, sort_keys=True) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+
+  def promotions(self) -> list[dict]:
+    """The promotions recorded so far, oldest first."""
+    try:
+      with open(os.path.join(self.path, PROMOTIONS), encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+      return []
 
   def _numbered(self) -> list[str]:
     try:

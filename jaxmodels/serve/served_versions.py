@@ -20,6 +20,7 @@ from jaxmodels.errors import InputError, one_line
 from jaxmodels.serve import model_repository, request_batching
 from jaxmodels.serve.exported_model import load_exported
 from jaxmodels.serve.model_repository import BadValue, ServingState, StateConflict
+from jaxmodels.serve.monitor import load_reference
 
 
 class OneArtifact:
@@ -49,6 +50,9 @@ class OneArtifact:
   def state(self) -> ServingState:
     return ServingState(champion=1, loaded=(1,))
 
+  def record_promotion(self, entry: dict) -> None:
+    """Nothing: version 1 is always the champion, and the artifact directory is not written."""
+
   def change(self, transition, *args) -> ServingState:
     if transition(self.state(), *args) == self.state():  # Its own errors first.
       return self.state()
@@ -58,12 +62,18 @@ class OneArtifact:
 
 
 class ServedVersion:
-  """One version in memory: its artifact, its batcher (after `start`) and the number of
-  requests routed to it that have not finished (`in_flight`, changed on the event loop)."""
+  """One version in memory: its artifact, its batcher (after `start`), its drift reference
+  (None when exported without one) and the number of requests routed to it that have not
+  finished (`in_flight`, changed on the event loop)."""
 
-  def __init__(self, version: int, model, batcher: request_batching.Batcher):
+  def __init__(self, version: int, model, batcher: request_batching.Batcher, reference=None):
     self.version, self.model, self.batcher = version, model, batcher
+    self.reference = reference
     self.in_flight = 0
+
+  def summaries(self, examples: np.ndarray):
+    """The examples' drift summaries (B, k), or None without a reference."""
+    return None if self.reference is None else self.reference.summarize(examples)
 
   @property
   def class_names(self):
@@ -92,13 +102,18 @@ def build_version(version: int, directory: str, *, input_spec: dict | None, buck
                         f'({model.manifest.get("input")} vs {input_spec}): every version of a '
                         'repository shares one input spec', key='version')
   try:
+    reference = load_reference(directory, model.manifest)
+  except InputError as e:
+    raise BadValue(f'version {version} cannot be loaded: {e}', key='version') from None
+  try:
     functions = {size: model.compile(size) for size in buckets}
     for size, fn in functions.items():  # Run each once: the first call does any setup.
       fn(np.zeros((size, *model.input_shape), model.input_dtype))
   except Exception as e:
     raise BadValue(f'version {version} does not compile here ({type(e).__name__}: '
                    f'{one_line(e)})', key='version') from None
-  return ServedVersion(version, model, request_batching.Batcher(functions, max_wait_ms, observe))
+  return ServedVersion(version, model, request_batching.Batcher(functions, max_wait_ms, observe),
+                       reference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +146,7 @@ class VersionTable:
     self.input_spec = repo.manifest(state.champion).get('input')
     self.routing: Routing | None = None
     self._lock = asyncio.Lock()
+    self.gate_lock = asyncio.Lock()  # Held across a promotion's gate check and its change.
 
   def _build(self, version: int) -> ServedVersion:
     model = getattr(self.repo, 'model', None)  # A single artifact is loaded already.

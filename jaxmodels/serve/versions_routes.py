@@ -2,7 +2,11 @@
 
   GET  /v1/versions                      each version: its role (champion, canary with its
                                          percent, shadow, loaded, available) and summary
-  POST /v1/versions/{v}/load | unload | promote | shadow
+  POST /v1/versions/{v}/load | unload | shadow
+  POST /v1/versions/{v}/promote  (optional body {"force": true}) through the promotion gate
+                                 (`promotion_gate`): 409 with both numbers when the evidence
+                                 does not support it; each promotion is recorded with its
+                                 evidence in REPO/promotions.jsonl, an override as forced
   POST /v1/versions/{v}/canary  {"percent": p}
   POST /v1/rollback
 
@@ -13,6 +17,7 @@ cannot apply answers 404 / 409 / 422 {"error"} and leaves the serving state as i
 """
 import asyncio
 import hmac
+import time
 
 import orjson
 from fastapi import FastAPI, Request
@@ -20,6 +25,7 @@ from fastapi.responses import JSONResponse
 
 from jaxmodels.serve import model_repository
 from jaxmodels.serve.model_repository import RepositoryError
+from jaxmodels.serve.promotion_gate import GateRefused, PromotionGate
 from jaxmodels.serve.served_versions import VersionTable
 
 ACTIONS = {'load': model_repository.load, 'unload': model_repository.unload,
@@ -52,7 +58,9 @@ def role(state: model_repository.ServingState, version: int) -> dict:
   return {'state': 'loaded' if version in state.loaded else 'available'}
 
 
-def add_version_routes(app: FastAPI, table: VersionTable, token: str | None) -> None:
+def add_version_routes(app: FastAPI, table: VersionTable, token: str | None,
+                       gate: PromotionGate | None = None) -> None:
+  gate = gate or PromotionGate()
   error = lambda status, message: JSONResponse({'error': message}, status_code=status)
 
   def refused(request: Request) -> JSONResponse | None:
@@ -107,7 +115,43 @@ def add_version_routes(app: FastAPI, table: VersionTable, token: str | None) -> 
       if not isinstance(body, dict) or set(body) != {'percent'}:
         return error(422, 'a canary takes the body {"percent": p}, 0 < p < 100')
       args = (body['percent'],)
+    elif action == 'promote':
+      return await promote(request, number)
     return await apply(request, ACTIONS[action], number, *args)
+
+  async def promote(request: Request, version: int):
+    raw = await request.body()
+    try:
+      body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as e:
+      return error(400, f'the body is not valid JSON ({e})')
+    if not isinstance(body, dict) or set(body) - {'force'} or not isinstance(
+        body.get('force', False), bool):
+      return error(422, 'promote takes no body, or {"force": true} to override the gate')
+    async with table.gate_lock:  # One promotion at a time: the gate sees the champion it replaces.
+      champion = table.routing.state.champion
+      try:
+        manifests = await asyncio.to_thread(
+            lambda: (table.repo.manifest(version),
+                     None if champion is None else table.repo.manifest(champion)))
+        refused = None
+        try:
+          evidence = gate.check(version, manifests[0], champion, manifests[1])
+        except GateRefused as e:
+          if not body.get('force'):
+            return JSONResponse({'error': str(e), 'gate': e.evidence}, status_code=409)
+          evidence, refused = e.evidence, str(e)
+        before = table.routing.state
+        saved = await table.change(model_repository.promote, version)
+      except RepositoryError as e:
+        return error(e.http_status, str(e))
+      if saved != before:
+        entry = {'at': time.time(), 'version': version, 'previous_champion': champion,
+                 'forced': refused is not None, 'evidence': evidence}
+        if refused is not None:
+          entry['overrode'] = refused
+        await asyncio.to_thread(table.repo.record_promotion, entry)
+    return {'serving': saved.to_json(), 'gate': evidence, 'forced': refused is not None}
 
   @app.post('/v1/rollback')
   async def rollback(request: Request):

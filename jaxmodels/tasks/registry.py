@@ -34,3 +34,12 @@ def load_test_split(run) -> tuple:
   split, loaded by its task with the run's saved config; DataError if the data is not here."""
   config = run.config()
   return task_named(run.card['task']).load_data(config).limited(config).test
+
+
+def load_reference_split(run) -> tuple[str, tuple]:
+  """('validation', (inputs, labels)) of a finished run's validation split, as its training
+  held it out (`TaskData.limited`); ('test', ...) for a run that had none. What a served
+  version's drift is judged against. DataError if the data is not here."""
+  config = run.config()
+  data = task_named(run.card['task']).load_data(config).limited(config)
+  return ('validation', data.val) if data.val is not None else ('test', data.test)
