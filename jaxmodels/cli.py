@@ -27,24 +27,15 @@ EXIT_INTERRUPTED = 130
 
 
 def default_extensions() -> tuple:
-  """The extensions every experiment applies, in order; each is off until its config fields
-  turn it on: start from other weights (init_from), fine-tune (finetune.*), train through
-  int8 rounding (quantization.qat), prune (pruning.*), record test predictions
-  (report.num_test_predictions) and add saliency.png (explain.*)."""
-  from jaxmodels.compress.extensions import MagnitudePruning, QuantizationAware
-  from jaxmodels.explain.run_report import SaliencyReport
-  from jaxmodels.tasks.finetune import FineTune
-  from jaxmodels.tasks.init_from import InitFrom
-  from jaxmodels.tasks.sample_predictions import SamplePredictions
-  return (InitFrom(), FineTune(), QuantizationAware(), MagnitudePruning(), SamplePredictions(),
-          SaliencyReport())
+  """The extensions every experiment applies (`tasks.extensions.default_extensions`)."""
+  from jaxmodels.tasks.extensions import default_extensions as defaults
+  return defaults()
 
 
 def default_config(task):
-  """The default config of an experiment of `task`: the run's, the task's and the default
-  extensions' fields (what a config file's `get_config` starts from)."""
-  from jaxmodels.tasks import runner
-  return runner.default_config(task, default_extensions())
+  """The default config of an experiment of `task` (`tasks.extensions.default_config`)."""
+  from jaxmodels.tasks.extensions import default_config as defaults
+  return defaults(task)
 
 
 def load_config_file(path: str):

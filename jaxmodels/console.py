@@ -17,6 +17,9 @@ COMMANDS['versions'] = ('jaxmodels.commands.versions',
                         'rollback')
 COMMANDS['feedback'] = ('jaxmodels.commands.feedback',
                         'labels for served predictions into the prediction store')
+COMMANDS['retrain'] = ('jaxmodels.commands.retrain',
+                       "a repository's champion trained further on its users' feedback, as a "
+                       'new run to export')
 COMMANDS['quantize'] = ('jaxmodels.commands.quantize',
                         'int8 post-training quantisation of a finished run')
 COMMANDS['prune-channels'] = ('jaxmodels.commands.prune_channels',

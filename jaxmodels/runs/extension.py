@@ -51,9 +51,15 @@ class RunContext:
 
 class Extension:
   """A part of a run that any task can use, switched on by its own config fields: it may
-  change the model, the optimiser, the fresh state (not a resumed one), and add callbacks
-  and report entries. Each hook's default leaves the run as it is."""
+  change the input spec, the model, the optimiser, the fresh state (not a resumed one), and
+  add callbacks and report entries. Each hook's default leaves the run as it is."""
   schema: Schema = Schema({})
+
+  def inputs(self, config, spec: dict) -> dict:
+    """The task's input spec (how stored inputs become model inputs, `data.to_model_inputs`;
+    model.json's 'inputs') -> the one the run trains and evaluates with. Applied on a
+    resumed run too: the spec is not in the checkpoint."""
+    return spec
 
   def model(self, config, module: nn.Module) -> nn.Module:
     return module
@@ -83,6 +89,11 @@ class _Chain(Extension):
     for part in self.parts:
       self.schema = self.schema + part.schema
 
+  def inputs(self, config, spec):
+    for part in self.parts:
+      spec = part.inputs(config, spec)
+    return spec
+
   def model(self, config, module):
     for part in self.parts:
       module = part.model(config, module)
@@ -109,6 +120,6 @@ class _Chain(Extension):
 
 
 def chain(*extensions: Extension) -> Extension:
-  """One extension that applies `extensions` in order: the model, optimiser and fresh state
-  pass through each; callbacks and report entries are collected (a later one wins)."""
+  """One extension that applies `extensions` in order: the input spec, model, optimiser and
+  fresh state pass through each; callbacks and report entries are collected (a later one wins)."""
   return _Chain(extensions)

@@ -12,17 +12,19 @@ from jaxmodels.checkpoint import Checkpointer, checkpoint_dir
 from jaxmodels.errors import CheckpointError, ConfigError
 from jaxmodels.finetune import is_adapter
 from jaxmodels.parallel import place_global
-from jaxmodels.schema import REGEX, Field, Schema
 from jaxmodels.runs.extension import Extension
+from jaxmodels.runs.model_card import MODEL_CARD, read_card
+from jaxmodels.schema import REGEX, Field, Schema
 
 HF = 'hf:'
 
 
 class InitFrom(Extension):
   """Replaces the fresh params with those of `init_from`: a workdir, or its checkpoints/
-  directory (the newest checkpoint), or 'hf:DIR'. Params matching `init_from_exclude` (a
-  new head) and LoRA adapters keep their fresh init; every other param must be there, in
-  its shape. A resumed run ignores it."""
+  directory (a finished run's result, model.json's step, else the newest checkpoint), or
+  'hf:DIR'. Params matching `init_from_exclude` (a new head) and LoRA adapters keep their
+  fresh init; every other param must be there, in its shape. A resumed run keeps its own
+  params, and (resumed or not) the init run's input normalisation (`inputs`)."""
   schema = Schema({
       'init_from': Field('', "Weights this run starts from (fine-tuning): a workdir (or its "
                          "checkpoints/), or 'hf:DIR', a Hugging Face model directory "
@@ -32,6 +34,17 @@ class InitFrom(Extension):
                                  'these params keep their fresh init instead (a new head).',
                                  resumable=True, **REGEX),
   })
+
+  def inputs(self, config, spec):
+    """The init run's image normalisation (its model.json 'inputs': mean and std) when it
+    takes images of the same shape: its weights were trained on those model inputs, so a
+    fine-tune on other data must feed them the same. Anything else keeps `spec`."""
+    card = _card_of(config.init_from)
+    theirs = (card or {}).get('inputs') or {}
+    if spec.get('kind') == 'image' and theirs.get('kind') == 'image' and list(
+        theirs.get('shape', ())) == list(spec.get('shape', ())):
+      return {**spec, 'mean': theirs['mean'], 'std': theirs['std']}
+    return spec
 
   def model(self, config, module):
     """For 'hf:DIR', checks that the model is the one its config.json describes."""
@@ -76,4 +89,18 @@ class InitFrom(Extension):
     abstract = traverse_util.unflatten_dict({
         path: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         for path, x in wanted.items()}, sep='/')
-    return Checkpointer(source).restore_params(abstract)
+    checkpointer = Checkpointer(source)
+    # A finished run's result, which may be an earlier (best) step than its newest checkpoint.
+    card = _card_of(init_from)
+    step = card['step'] if card and card.get('step') in checkpointer.steps else None
+    return checkpointer.restore_params(abstract, step)
+
+
+def _card_of(init_from: str) -> dict | None:
+  """model.json of the run `init_from` names (its workdir or its checkpoints/), else None."""
+  if not init_from or init_from.startswith(HF):
+    return None
+  path = os.path.normpath(init_from)
+  if os.path.normpath(checkpoint_dir(os.path.dirname(path))) == path:  # Its checkpoints/.
+    path = os.path.dirname(path)
+  return read_card(path) if os.path.isfile(os.path.join(path, MODEL_CARD)) else None

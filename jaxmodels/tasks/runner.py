@@ -5,8 +5,8 @@
 
 A task (`spec.Task`) supplies its data, model arguments, loss, metrics and report. The
 extensions the caller passes (`runs.Extension`s; the command line passes its default list)
-may change the model, the optimiser and a fresh state, and add callbacks and report
-entries; `run` names each place where they act. Nothing here is task-specific."""
+may change the input spec, the model, the optimiser and a fresh state, and add callbacks
+and report entries; `run` names each place where they act. Nothing here is task-specific."""
 import os
 import time
 
@@ -93,7 +93,8 @@ def run(task: Task, config, workdir: str, *, extensions=(), overrides: dict | No
   sizes = {name: len(split[0]) if split is not None else 0 for name, split in
            (('train', data.train), ('validation', data.val), ('test', data.test))}
   ctx.say(f'data {data.source}: {sizes}; mesh {dict(mesh.shape)}')
-  ctx.input_spec = task.inputs(config, data)
+  # The extensions may keep another run's normalisation (init_from: the weights expect it).
+  ctx.input_spec = extension.inputs(config, task.inputs(config, data))
   to_model = lambda batch: {**batch, 'inputs': data_lib.to_model_inputs(ctx.input_spec,
                                                                         batch['inputs'])}
   example = to_model({'inputs': data.train[0][:1]})['inputs']
