@@ -256,3 +256,49 @@ def test_a_run_started_from_another_keeps_its_normalisation(served, tmp_path):
   assert abs(second.card['inputs']['mean'][0] - inverted_mean) > 0.2
   predict = lambda r: np.argmax(np.asarray(r.apply(r.model_inputs(digits.test_images))), -1)
   np.testing.assert_array_equal(predict(second), predict(first))
+
+
+def test_the_gate_refuses_a_worse_retrained_version_and_lets_the_better_one_through(
+    served, tmp_path):
+  from fastapi.testclient import TestClient
+
+  from jaxmodels.serve.app import make_app
+  repo = _copy(served[0], tmp_path / 'gated')
+  ModelRepository(repo).pin_state()  # Version 1 serves, whatever is exported next.
+  better, worse = tmp_path / 'better', tmp_path / 'worse'
+  assert _retrain(repo, better, '--epochs', 20, '--seed', 3, '--replay', 0.8,
+                  '--learning-rate', 3e-3) == 0
+  # Trained to pieces: a learning rate that wrecks the champion's weights.
+  assert _retrain(repo, worse, '--epochs', 3, '--learning-rate', 50) == 0
+  for run in (better, worse):  # Versions 2 and 3.
+    assert console.main(['export', str(run), '--repo', str(repo), '--platforms', 'cpu']) == 0
+  (tmp_path / 'token').write_text('gate-token\n')
+  auth = {'Authorization': 'Bearer gate-token'}
+  with TestClient(make_app(str(repo), max_batch_size=2, max_wait_ms=0,
+                           admin_token_file=str(tmp_path / 'token'))) as client:
+    for version in (2, 3):
+      assert client.post(f'/v1/versions/{version}/load', headers=auth).status_code == 200
+    refused = client.post('/v1/versions/3/promote', headers=auth)
+    worse_report = json.loads((worse / 'retrain.json').read_text())['evaluation']['holdout']
+    assert refused.status_code == 409, refused.text
+    gate = refused.json()['gate']
+    assert gate['holdout_accuracy'] == {
+        'candidate': pytest.approx(100 * worse_report['candidate_accuracy'], abs=1e-3),
+        'champion': pytest.approx(100 * worse_report['champion_accuracy'], abs=1e-3)}
+    error = refused.json()['error']  # Worse on held-out feedback, or on the test split.
+    rule = 'holdout' if 'is not better than champion 1' in error else 'test'
+    assert f'{gate[rule + "_accuracy"]["candidate"]:.2f} % vs ' \
+           f'{gate[rule + "_accuracy"]["champion"]:.2f} %' in error
+    assert client.get('/v1/versions').json()['serving']['champion'] == 1  # Nothing changed.
+
+    promoted = client.post('/v1/versions/2/promote', headers=auth)
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()['gate']['holdout_gain_points'] >= 1.0
+    assert promoted.json()['serving']['champion'] == 2
+
+    forced = client.post('/v1/versions/3/promote', json={'force': True}, headers=auth)
+    assert forced.status_code == 200 and forced.json()['forced'] is True
+  history = ModelRepository(repo).promotions()
+  assert [(p['version'], p['previous_champion'], p['forced']) for p in history] == [
+      (2, 1, False), (3, 2, True)]
+  assert 'evaluated against version 1' in history[1]['overrode']

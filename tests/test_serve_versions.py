@@ -433,3 +433,18 @@ def test_demo_page_sends_feedback_in_headless_chromium(exported, repo, tmp_path)
     server.stop()
   with sqlite3.connect(repo / 'monitor.db') as db:
     assert db.execute('SELECT label FROM feedback').fetchall() == [(6,)]
+
+
+def test_a_version_exported_while_serving_does_not_change_what_serves(exported, tmp_path):
+  copy = tmp_path / 'repo'
+  shutil.copytree(exported[0], copy)  # Versions 1 and 2, no serving.json: the newest serves.
+  (tmp_path / 'token').write_text(TOKEN + '\n')
+  with client_of(copy) as client:
+    assert saved(copy)['champion'] == 2  # The server pins the state it serves.
+    shutil.copytree(copy / '1', copy / '3')  # A new version appears, as an export adds it.
+    answer = client.post('/predict', json={'inputs': exported[1][:1].tolist()})
+    assert answer.headers['X-Model-Version'] == '2'
+    change(client, '/v1/versions/1/load')
+    state = change(client, '/v1/versions/1/promote')
+  assert state['champion'] == 1 and state['previous_champions'] == [2]
+  assert saved(copy) == state

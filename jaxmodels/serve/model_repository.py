@@ -271,6 +271,15 @@ class ModelRepository:
     except (ValueError, DataError) as e:
       raise DataError(f'{os.path.join(self.path, STATE)}: {e}', key='repo') from None
 
+  def pin_state(self) -> ServingState:
+    """The state, saved when serving.json does not exist yet: a server pins what it serves,
+    so that a version exported while it runs does not become the champion on disk."""
+    with self._locked():
+      state = self.state()
+      if not os.path.exists(os.path.join(self.path, STATE)):
+        self.save_state(state)
+      return state
+
   def save_state(self, state: ServingState) -> None:
     """Replaces serving.json in one rename, on disk before it returns: a reader sees the old
     state or the new one, and a restart after a crash reads the last one saved."""
