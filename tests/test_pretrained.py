@@ -155,8 +155,8 @@ def test_a_missing_tensor_is_one_clear_error(tmp_path):
 def test_a_shape_that_does_not_fit_the_model_is_one_clear_error():
   directory, _ = _reference('gpt2')
   shapes = {'embed/embedding': (97, 32), 'position_embedding': (32, 32)}
-  with pytest.raises(CheckpointError, match=r'wte\.weight \(96, 32\) does not fit param '
-                     r'embed/embedding \(97, 32\)'):
+  with pytest.raises(CheckpointError, match=r'wte\.weight has shape \(96, 32\), expected '
+                     r'\(97, 32\) for param embed/embedding: the model options'):
     load_params(directory, shapes)
 
 
@@ -168,3 +168,101 @@ def test_an_unsupported_architecture_is_one_clear_error(tmp_path):
     load_pretrained(str(target))
   with pytest.raises(CheckpointError, match='has no config.json'):
     load_pretrained(str(tmp_path))
+
+
+def _gpt2_directory(tmp_path, embed: int, transposed: bool = False):
+  """A random one-layer GPT-2 of width `embed` (Conv1D layouts, (in, out)); its c_attn.weight
+  stored transposed, (3E, E), if `transposed`: the same element count as (E, 3E)."""
+  rng = np.random.default_rng(0)
+  config = json.loads(open(os.path.join(FIXTURES, 'gpt2', 'config.json')).read())
+  config.update(n_embd=embed, n_layer=1)
+  shapes = {'wte.weight': (96, embed), 'wpe.weight': (32, embed),
+            'h.0.attn.c_attn.weight': (embed, 3 * embed), 'h.0.attn.c_attn.bias': (3 * embed,),
+            'h.0.attn.c_proj.weight': (embed, embed), 'h.0.attn.c_proj.bias': (embed,),
+            'h.0.mlp.c_fc.weight': (embed, 4 * embed), 'h.0.mlp.c_fc.bias': (4 * embed,),
+            'h.0.mlp.c_proj.weight': (4 * embed, embed), 'h.0.mlp.c_proj.bias': (embed,),
+            **{f'{norm}.{part}': (embed,) for norm in ('h.0.ln_1', 'h.0.ln_2', 'ln_f')
+               for part in ('weight', 'bias')}}
+  tensors = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
+  if transposed:
+    tensors['h.0.attn.c_attn.weight'] = np.ascontiguousarray(tensors['h.0.attn.c_attn.weight'].T)
+  target = tmp_path / f'gpt2_{embed}{"_transposed" if transposed else ""}'
+  target.mkdir()
+  (target / 'config.json').write_text(json.dumps(config))
+  save_file(tensors, target / 'model.safetensors')
+  return str(target)
+
+
+@pytest.mark.parametrize('embed', [32, 48])  # 48: 3E splits into three (3E, E/3) evenly.
+def test_a_transposed_tensor_of_the_right_size_is_one_clear_error(tmp_path, embed):
+  """GPT-2's c_attn.weight stored (out, in) = (3E, E) instead of Conv1D's (in, out): the
+  element count fits the three (E, H, D) kernels, the shape does not."""
+  load_pretrained(_gpt2_directory(tmp_path, embed))  # The right layout loads.
+  directory = _gpt2_directory(tmp_path, embed, transposed=True)
+  with pytest.raises(CheckpointError, match=rf'tensor h\.0\.attn\.c_attn\.weight has shape '
+                     rf'\({3 * embed}, {embed}\), expected \({embed}, {3 * embed}\)') as error:
+    load_pretrained(directory)
+  assert '\n' not in str(error.value) and 'transposed' in str(error.value)
+
+
+def _bert_without_head(tmp_path):
+  """The BERT fixture as a BertModel saves it: no classifier, names without 'bert.'."""
+  target = _copy(tmp_path, 'bert')
+  tensors = load_file(target / 'model.safetensors')
+  save_file({name.removeprefix('bert.'): array for name, array in tensors.items()
+             if not name.startswith('classifier.')}, target / 'model.safetensors')
+  config = json.loads((target / 'config.json').read_text())
+  (target / 'config.json').write_text(json.dumps({**config, 'architectures': ['BertModel']}))
+  return target
+
+
+HEAD_NOTE = 'not in the checkpoint, left at their fresh init: classifier/bias, classifier/kernel'
+
+
+def test_load_pretrained_says_which_params_keep_their_fresh_init(tmp_path, capsys):
+  target = _bert_without_head(tmp_path)
+  _, variables = load_pretrained(str(target))
+  said = capsys.readouterr().out.splitlines()
+  assert said == [f'{target}: {HEAD_NOTE}']
+  _, _, notes = load_pretrained(str(target), with_notes=True)
+  assert notes == [HEAD_NOTE]
+  _, expected = load_pretrained(os.path.join(FIXTURES, 'bert'))
+  jax.tree.map(np.testing.assert_array_equal, variables['params']['bert'],
+               expected['params']['bert'])
+
+
+def test_a_run_from_a_checkpoint_without_its_head_says_so_and_records_it(tmp_path, capsys):
+  """init_from=hf:DIR of a BertModel (no classifier): the run prints the note once and its
+  summary.json records it under init_from_notes."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  from jaxmodels.cli import default_extensions
+  from jaxmodels.tasks import runner, text_classification
+  target = _bert_without_head(tmp_path)
+  words = [f'w{i}' for i in range(96)]
+  tokenizer = Tokenizer(models.WordLevel(
+      {word: i for i, word in enumerate(['[PAD]', '[UNK]', '[CLS]', '[SEP]', *words])},
+      unk_token='[UNK]'))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.save(str(tmp_path / 'tokenizer.json'))
+  texts = tmp_path / 'texts'
+  texts.mkdir()
+  rng = np.random.default_rng(0)
+  for label in range(3):
+    (texts / f'class{label}').write_text('\n'.join(
+        ' '.join(rng.choice(words[label * 32:(label + 1) * 32], 6)) for _ in range(12)))
+  extensions = default_extensions()
+  config = runner.default_config(text_classification.TASK, extensions)
+  config.model = dict(name='bert_classifier', max_positions=40, embed_dim=32, num_layers=2,
+                      num_heads=4, mlp_dim=64, dropout=0.0)
+  config.data.update(source='local', local_dir=str(texts), categories=(), max_length=12,
+                     tokenizer=str(tmp_path / 'tokenizer.json'))
+  config.train.update(num_steps=2, batch_size=8, eval_batch_size=64, log_every_steps=1,
+                      steps_per_dispatch=1, progress=False)
+  config.init_from = f'hf:{target}'
+  capsys.readouterr()
+  runner.run(text_classification.TASK, config, str(tmp_path / 'run'), extensions=extensions)
+  printed = capsys.readouterr().out.splitlines()
+  assert printed.count(f'init_from: {HEAD_NOTE}') == 1
+  summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+  assert summary['init_from_notes'] == [HEAD_NOTE]

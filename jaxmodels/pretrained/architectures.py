@@ -81,8 +81,8 @@ def _block(prefix: str, target: str, attention: str, norm1: str, norm2: str) -> 
   """BERT's and ViT's encoder layer: the same tensors under different names."""
   layer = prefix + r'encoder\.layer\.(\d+)\.'
   to = target + r'/layer\1/'
-  return [*linear(layer + attention + r'\.(query|key|value)', to + r'attention/\2', reshape=True),
-          *linear(layer + r'attention\.output\.dense', to + 'attention/out', reshape=True),
+  return [*linear(layer + attention + r'\.(query|key|value)', to + r'attention/\2', heads='out'),
+          *linear(layer + r'attention\.output\.dense', to + 'attention/out', heads='in'),
           *layer_norm(layer + norm1, to + 'norm1'), *layer_norm(layer + norm2, to + 'norm2'),
           *linear(layer + r'intermediate\.dense', to + 'mlp/Dense_0'),
           *linear(layer + r'output\.dense', to + 'mlp/Dense_1')]
@@ -97,11 +97,11 @@ GPT2 = Architecture('gpt', [
     *layer_norm(_GPT2_LAYER + 'ln_2', r'decoder/layer\1/norm2'),
     # Conv1D layers store (in, out): no transpose. c_attn holds q, k and v side by side.
     Rule(_GPT2_LAYER + r'attn\.c_attn\.weight', r'decoder/layer\1/attention/{part}/kernel',
-         reshape=True, split=('query', 'key', 'value')),
+         heads=1, split=('query', 'key', 'value')),
     Rule(_GPT2_LAYER + r'attn\.c_attn\.bias', r'decoder/layer\1/attention/{part}/bias',
-         reshape=True, split=('query', 'key', 'value')),
+         heads=0, split=('query', 'key', 'value')),
     Rule(_GPT2_LAYER + r'attn\.c_proj\.weight', r'decoder/layer\1/attention/out/kernel',
-         reshape=True),
+         heads=0),
     Rule(_GPT2_LAYER + r'attn\.c_proj\.bias', r'decoder/layer\1/attention/out/bias'),
     Rule(_GPT2_LAYER + r'mlp\.c_fc\.weight', r'decoder/layer\1/mlp/Dense_0/kernel'),
     Rule(_GPT2_LAYER + r'mlp\.c_fc\.bias', r'decoder/layer\1/mlp/Dense_0/bias'),

@@ -12,27 +12,30 @@ import numpy as np
 from jaxmodels.errors import CheckpointError
 from jaxmodels.pretrained import files
 from jaxmodels.pretrained.architectures import architecture_of, model_arguments
-from jaxmodels.pretrained.name_map import map_tensors
+from jaxmodels.pretrained.name_map import checkpoint_shape, map_tensors, to_param
 from jaxmodels.pretrained.resize import resize_grid
 
 _STACKED = re.compile(r'(^|/)layers/')
 
 
-def _fit(path: str, mapped, shape: tuple, directory: str) -> np.ndarray:
-  """The mapped tensor in the param's shape, by its rule's reshape or grid resize."""
-  array, rule = mapped.array, mapped.rule
-  if array.shape == shape:
-    return array
-  if rule.reshape and array.size == int(np.prod(shape)):
-    return array.reshape(shape)
-  if rule.resize_grid and array.ndim == 3 and array.shape[2] == shape[2]:
+def _fit(path: str, mapped, shape: tuple, directory: str, model_type: str) -> np.ndarray:
+  """The mapped tensor in the param's layout, once its shape is the one the param needs in
+  the checkpoint (or, for a position table, a grid that resizes to it)."""
+  found, expected = tuple(mapped.array.shape), checkpoint_shape(mapped.rule, shape)
+  if found == expected:
+    return to_param(mapped, shape)
+  if mapped.rule.resize_grid and len(found) == 3 and found[::2] == expected[::2]:
     try:
-      return resize_grid(array, shape[1])
+      return resize_grid(np.asarray(mapped.array), shape[1])
     except ValueError:
       pass
-  raise CheckpointError(f'{directory}: tensor {mapped.source} {tuple(mapped.array.shape)} does '
-                        f'not fit param {path} {shape}: the model options (model.*) must '
-                        'match its config.json', key='init_from')
+  # Same sizes in another order: a transposed tensor, whose element count would still fit.
+  hint = (f'transposed, not the layout of a Hugging Face {model_type} checkpoint'
+          if sorted(found) == sorted(expected) else
+          'the model options (model.*) must match its config.json')
+  param = f'param {path}' + ('' if expected == shape else f' {shape}')
+  raise CheckpointError(f'{directory}: tensor {mapped.source} has shape {found}, expected '
+                        f'{expected} for {param}: {hint}', key='init_from')
 
 
 def load_params(directory: str, shapes: Mapping[str, tuple]) -> tuple[dict, list[str]]:
@@ -41,28 +44,30 @@ def load_params(directory: str, shapes: Mapping[str, tuple]) -> tuple[dict, list
   shapes: {'bert/encoder/layer0/attention/query/kernel': (E, H, D), ...}, the params to
   fill (leave out those that keep their fresh init). Layers stacked by `scan_layers`
   ('.../layers/...', a leading layer axis) are assembled from the per-layer tensors. A
-  missing tensor or one that does not fit is a CheckpointError naming both; a head the
-  checkpoint lacks (another task's, e.g. no classifier in a BertModel) is left out of the
-  result and noted.
+  missing tensor, or one whose shape is not the param's in the checkpoint's layout
+  (`name_map.checkpoint_shape`; a transposed tensor of the right size too), is a
+  CheckpointError naming both; a head the checkpoint lacks (another task's, e.g. no
+  classifier in a BertModel) is left out of the result and noted. notes: one-line strings
+  for the caller to say (load_pretrained and init_from print them).
   """
   config = files.read_config(directory)
   architecture = architecture_of(config, directory)
   mapped, unused = map_tensors(files.read_tensors(directory), architecture.rules,
                                architecture.ignore)
-  out, notes = {}, []
+  out, notes, model_type = {}, [], config['model_type']
   for path, shape in shapes.items():
     shape = tuple(shape)
     if _STACKED.search(path):
       layers = [_STACKED.sub(rf'\1layer{i}/', path) for i in range(shape[0])]
       if all(layer in mapped for layer in layers):
-        out[path] = np.stack([_fit(layer, mapped[layer], shape[1:], directory)
+        out[path] = np.stack([_fit(layer, mapped[layer], shape[1:], directory, model_type)
                               for layer in layers])
         continue
       path_in_checkpoint = next(layer for layer in layers if layer not in mapped)
     else:
       path_in_checkpoint = path
     if path in mapped:
-      out[path] = _fit(path, mapped[path], shape, directory)
+      out[path] = _fit(path, mapped[path], shape, directory, model_type)
     elif re.search(architecture.optional, path):
       notes.append(path)
     else:
@@ -85,30 +90,37 @@ def pretrained_model(directory: str, **overrides) -> tuple[str, dict]:
   return name, {**arguments, **overrides}
 
 
-def load_pretrained(directory: str, example=None, **overrides):
+def load_pretrained(directory: str, example=None, *, with_notes: bool = False, **overrides):
   """(module, {'params': ...}): the model of config.json with the checkpoint's weights.
 
   example: an input batch to initialise with ((1, T) tokens, or (1, H, W, C) images; by
   default one token, or a 224x224 image of config.json's size). Heads the checkpoint
-  lacks keep their fresh init.
+  lacks keep their fresh init. The loader's notes (those params, unused tensors) are
+  printed on process 0, one line each; with_notes=True returns them too:
+  (module, variables, notes).
   """
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
   from jaxmodels.models import MODELS
+  config = files.read_config(directory)
   name, arguments = pretrained_model(directory, **overrides)
+  if name == 'vit':  # Its channel count tells HF's channels-first pixel_values apart.
+    arguments.setdefault('num_channels', config.get('num_channels', 3))
   module = MODELS[name](**arguments)
   if example is None:
-    config = files.read_config(directory)
     size = config.get('image_size', 224)
     example = (jnp.zeros((1, size, size, config.get('num_channels', 3))) if name == 'vit'
                else jnp.zeros((1, 1), jnp.int32))
   fresh = nn.meta.unbox(module.init(jax.random.PRNGKey(0), example))['params']
   flat = {jax.tree_util.keystr(p, simple=True, separator='/'): leaf
           for p, leaf in jax.tree_util.tree_flatten_with_path(fresh)[0]}
-  loaded, _ = load_params(directory, {p: leaf.shape for p, leaf in flat.items()})
+  loaded, notes = load_params(directory, {p: leaf.shape for p, leaf in flat.items()})
+  if jax.process_index() == 0:  # Every process loads; one says so.
+    for note in notes:
+      print(f'{directory}: {note}', flush=True)
   params = jax.tree_util.tree_map_with_path(
       lambda p, leaf: jnp.asarray(loaded.get(jax.tree_util.keystr(p, simple=True, separator='/'),
                                              leaf)), fresh)
-  return module, {'params': params}
+  return (module, {'params': params}, notes) if with_notes else (module, {'params': params})

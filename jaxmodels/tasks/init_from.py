@@ -34,6 +34,7 @@ class InitFrom(Extension):
                                  'these params keep their fresh init instead (a new head).',
                                  resumable=True, **REGEX),
   })
+  notes: list = []  # What the loader said of 'hf:DIR' (heads at their fresh init, ...).
 
   def inputs(self, config, spec):
     """The init run's image normalisation (its model.json 'inputs': mean and std) when it
@@ -62,6 +63,7 @@ class InitFrom(Extension):
     return module
 
   def initialize(self, config, module, state):
+    self.notes = []
     if not config.init_from:
       return state
     flat = traverse_util.flatten_dict(state.params, sep='/')
@@ -71,7 +73,8 @@ class InitFrom(Extension):
     if config.init_from.startswith(HF):
       loaded, notes = pretrained.load_params(config.init_from[len(HF):],
                                              {p: leaf.shape for p, leaf in wanted.items()})
-      if jax.process_index() == 0:
+      self.notes = notes
+      if jax.process_index() == 0:  # Once, one line each; report() puts them in the summary.
         for note in notes:
           print(f'init_from: {note}', flush=True)
       flat.update({path: place_global(np.asarray(array, flat[path].dtype), flat[path].sharding)
@@ -79,6 +82,12 @@ class InitFrom(Extension):
     else:
       flat.update(traverse_util.flatten_dict(self._restore(config.init_from, wanted), sep='/'))
     return state.replace(params=traverse_util.unflatten_dict(flat, sep='/'))
+
+  def report(self, ctx, test):
+    """{'init_from_notes': [...]} in summary.json when loading 'hf:DIR' left something to
+    say (a head at its fresh init, tensors not used); taken once, by this run's report."""
+    notes, self.notes = self.notes, []
+    return {'init_from_notes': notes} if notes else {}
 
   @staticmethod
   def _restore(init_from: str, wanted: dict):
