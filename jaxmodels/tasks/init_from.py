@@ -80,7 +80,10 @@ class InitFrom(Extension):
       flat.update({path: place_global(np.asarray(array, flat[path].dtype), flat[path].sharding)
                    for path, array in loaded.items()})
     else:
-      flat.update(traverse_util.flatten_dict(self._restore(config.init_from, wanted), sep='/'))
+      params, model_state = self._restore(config.init_from, wanted, state.model_state)
+      flat.update(traverse_util.flatten_dict(params, sep='/'))
+      # The run's batch statistics too: its weights were trained to work with them.
+      state = state.replace(model_state=model_state)
     return state.replace(params=traverse_util.unflatten_dict(flat, sep='/'))
 
   def report(self, ctx, test):
@@ -90,19 +93,22 @@ class InitFrom(Extension):
     return {'init_from_notes': notes} if notes else {}
 
   @staticmethod
-  def _restore(init_from: str, wanted: dict):
+  def _restore(init_from: str, wanted: dict, model_state):
+    """(the `wanted` params, the model state) of the run's result checkpoint."""
     source = checkpoint_dir(init_from) if os.path.isdir(checkpoint_dir(init_from)) else init_from
     if not os.path.isdir(source):
       raise CheckpointError(f'init_from={init_from!r} is not a directory of checkpoints',
                             key='init_from')
-    abstract = traverse_util.unflatten_dict({
-        path: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-        for path, x in wanted.items()}, sep='/')
+    abstract = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
     checkpointer = Checkpointer(source)
     # A finished run's result, which may be an earlier (best) step than its newest checkpoint.
     card = _card_of(init_from)
     step = card['step'] if card and card.get('step') in checkpointer.steps else None
-    return checkpointer.restore_params(abstract, step)
+    parts = checkpointer.restore_parts(
+        {'params': abstract(traverse_util.unflatten_dict(wanted, sep='/')),
+         'model_state': abstract(model_state)}, step)
+    return parts['params'], parts['model_state']
 
 
 def _card_of(init_from: str) -> dict | None:
