@@ -1,17 +1,21 @@
 """`jaxmodels export WORKDIR --out DIR | --repo REPO`: a finished run -> an artifact that runs
 with jax alone (`serve.artifact_export`), in a new directory or as the next version of a model
-repository; with --quantize int8, measured on the run's own test split."""
+repository; with --quantize int8, measured on the run's own test split. A language model (a
+GPT run, or 'hf:DIR' of a GPT-2) becomes a decode-server artifact (`serve.lm_export`) with
+--slots decode slots."""
 import os
 
 from jaxmodels.errors import DataError
 from jaxmodels.runs import TrainedRun
+from jaxmodels.serve import lm_export, model_repository
 from jaxmodels.serve.artifact_export import (PLATFORMS, QUANTIZATIONS, directory_bytes,
                                              export_run, export_version)
 from jaxmodels.tasks.registry import load_reference_split, load_test_split
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument('workdir', help='the workdir of a finished run (model.json, checkpoints/)')
+  parser.add_argument('workdir', help="the workdir of a finished run (model.json, checkpoints/), "
+                                      "or 'hf:DIR', a GPT-2 Hugging Face directory")
   where = parser.add_mutually_exclusive_group(required=True)
   where.add_argument('--out', help='a new directory for the artifact')
   where.add_argument('--repo', help='a model repository (created if absent): the artifact '
@@ -24,10 +28,15 @@ def add_arguments(parser) -> None:
                            'and after is measured and recorded')
   parser.add_argument('--step', type=int, default=None,
                       help="a checkpoint step (default: the run's result, model.json's step)")
+  parser.add_argument('--slots', type=int, default=lm_export.DEFAULT_SLOTS,
+                      help='language models: the decode slots (requests decoded at once) '
+                           '(default: %(default)s)')
 
 
 def main(args) -> int:
   platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
+  if lm_export.is_language_model(args.workdir):
+    return _export_language_model(args, platforms)
   test_split = reference_split = None
   run = TrainedRun.load(args.workdir, args.step)
   try:
@@ -45,5 +54,26 @@ def main(args) -> int:
     manifest, out = export_run(args.workdir, args.out, **options), args.out
   print(f'exported {manifest["run"]["task"]} ({manifest["run"]["model"]["name"]}, step '
         f'{manifest["run"]["step"]}) for {", ".join(platforms)} to {out} '
+        f'({directory_bytes(out):,} bytes)')
+  return 0
+
+
+def _export_language_model(args, platforms) -> int:
+  if args.quantize:
+    print('warning: --quantize is for classifiers; the language model is exported in float')
+  export = lambda out: lm_export.export_lm(args.workdir, out, slots=args.slots,
+                                           platforms=platforms, step=args.step)
+  if args.repo:
+    manifests = []
+    version = model_repository.ModelRepository(args.repo).add_version(
+        lambda directory: manifests.append(export(directory)))
+    manifest, out = manifests[0], os.path.join(args.repo, str(version))
+  else:
+    manifest, out = export(args.out), args.out
+  run = manifest['run']
+  print(f'exported the language model {run["workdir"] or run["init_from"]} (step '
+        f'{run["step"]}; {manifest["slots"]} slots, max_length {manifest["max_length"]}, '
+        f'prefill buckets {", ".join(map(str, manifest["prefill_buckets"]))}; tokenizer '
+        f'{manifest["tokenizer"]["kind"]}) for {", ".join(platforms)} to {out} '
         f'({directory_bytes(out):,} bytes)')
   return 0

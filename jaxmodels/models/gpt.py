@@ -2,7 +2,9 @@
 
 `GPT(...)(tokens, train=...)` gives next-token logits for every position.
 `generate(...)` prefills the cache with the prompt in one call, then decodes one
-token per step inside a jit-compiled `lax.fori_loop`.
+token per step inside a jit-compiled `lax.fori_loop`. Rows may also decode at positions
+of their own (`GPT(...)(tokens, positions=...)`, decode slots of a server), each sampled
+with its own key and settings (`sample_logits_per_row`).
 """
 import functools
 
@@ -26,18 +28,23 @@ class GPT(TransformerOptions):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False):
+  def __call__(self, tokens, *, train: bool = False, positions=None):
+    """tokens (B, T) int; positions (B, T) int32 or None: each token's position. None: 0..T-1,
+    or in decode mode where the cache's one index says (the whole batch at one position,
+    advanced by T). Given in decode mode, each row writes the cache at its own positions
+    (decode slots at different points of their sequences) and the index is left alone."""
     if self.positions not in ('rotary', 'learned'):
       raise ValueError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
     embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name='embed',
                      embedding_init=logical(nn.initializers.normal(0.02), 'vocab', 'embed'))
     x = embed(tokens)
     length = tokens.shape[1]
-    if self.decode:  # Positions continue from what the cache holds.
+    if self.decode:  # Declared even when unused, so the cache has one structure.
       index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
-      positions = index.value + jnp.arange(length)
-      index.value = index.value + length
-    else:
+      if positions is None:  # Positions continue from what the cache holds.
+        positions = index.value + jnp.arange(length)
+        index.value = index.value + length
+    elif positions is None:
       positions = jnp.arange(length)
     positions = jnp.broadcast_to(positions, tokens.shape)
     if self.positions == 'learned':
@@ -74,6 +81,30 @@ def sample_logits(rng, logits, temperature: float = 1.0, top_k: int = 0, top_p: 
     cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
   return jax.random.categorical(rng, logits)
+
+
+def sample_logits_per_row(keys, logits, temperature, top_k, top_p):
+  """`sample_logits` with each row's own settings and key: keys (B,) typed PRNG keys,
+  logits (B, V), temperature (B,) float (0: greedy), top_k (B,) int (0: off), top_p (B,)
+  float (>= 1: off) -> token ids (B,) int32. Row b draws what
+  `sample_logits(keys[b], logits[b:b+1], temperature[b], top_k[b], top_p[b])` draws, whatever
+  the other rows hold (a decode slot's tokens do not depend on the other requests)."""
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  greedy = temperature <= 0.0
+  scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+  sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+  # top_k as data, not a shape: the k-th largest read from the sorted row (lax.top_k's value).
+  kth = jnp.take_along_axis(sorted_logits, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
+  scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), -jnp.inf, scaled)
+  sorted_logits = jnp.where((top_k[:, None] > 0) & (sorted_logits < kth), -jnp.inf,
+                            sorted_logits)
+  cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, -1), -1)
+  cutoff_index = jnp.sum(cumulative < top_p[:, None], axis=-1, keepdims=True)
+  cutoff = jnp.take_along_axis(sorted_logits, jnp.minimum(cutoff_index, vocab - 1), axis=-1)
+  scaled = jnp.where((top_p[:, None] < 1.0) & (scaled < cutoff), -jnp.inf, scaled)
+  sampled = jax.vmap(jax.random.categorical)(keys, scaled)
+  return jnp.where(greedy, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k',

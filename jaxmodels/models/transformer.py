@@ -146,14 +146,16 @@ class MultiHeadAttention(AttentionOptions):
     return jnp.einsum('bhts,bshd->bthd', weights.astype(v.dtype), v)
 
   def _update_cache(self, k, v, positions):
-    """Writes the new keys/values at `positions`; returns the whole cache and its mask."""
-    batch, length = k.shape[:2]
+    """Writes row b's new keys/values (B, T, H, D) at its own positions (B, T) (rows may be
+    at different positions: decode slots); returns the whole cache and its mask. Positions
+    past max_length are dropped."""
+    batch = k.shape[0]
     shape = (batch, self.max_length, self.num_heads, self.head_dim)
     cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
     cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
-    start = positions[0, 0]
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+    rows = jnp.arange(batch)[:, None]
+    cached_k.value = cached_k.value.at[rows, positions].set(k, mode='drop')
+    cached_v.value = cached_v.value.at[rows, positions].set(v, mode='drop')
     # Query at position p sees cached positions <= p (everything written is <= p + length).
     mask = jnp.arange(self.max_length)[None, None, None, :] <= positions[:, None, :, None]
     return cached_k.value, cached_v.value, mask
