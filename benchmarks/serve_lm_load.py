@@ -8,8 +8,8 @@ clients stream completions (prompts of mixed lengths, T tokens each) from
 
 Prints the CPU, aggregate tokens/s, time to first token and the gap between streamed chunks
 (p50/p99), errors and XLA compilations after warm-up (the server's /metrics), and the ratios
-side by side. The in-process baseline rebuilds the model from the run the artifact was
-exported from (its manifest's run.workdir); without that workdir it is left out.
+side by side. The in-process baseline rebuilds the model from what the artifact was exported
+from (its manifest's run.workdir, or its hf: directory); without it, it is left out.
 --quick: 3 clients, 8 tokens, 1 round (a smoke run).
 """
 import argparse
@@ -131,14 +131,19 @@ def in_process(directory: str, batch_sizes: tuple[int, ...], tokens: int,
   compile excluded (prompt of 32 tokens, greedy)."""
   import jax
 
-  from jaxmodels import models
+  from jaxmodels import models, pretrained
   from jaxmodels.runs import TrainedRun
   with open(os.path.join(directory, 'manifest.json'), encoding='utf-8') as f:
-    workdir = json.load(f)['run'].get('workdir')
-  if not workdir or not os.path.isdir(workdir):
+    run = json.load(f)['run']
+  workdir, init_from = run.get('workdir'), run.get('init_from') or ''
+  if workdir and os.path.isdir(workdir):
+    trained = TrainedRun.load(workdir)
+    module, variables = trained.module, trained.variables
+  elif init_from.startswith('hf:') and os.path.isdir(init_from[3:]):
+    module, variables = pretrained.load_pretrained(init_from[3:])
+  else:
     return None
-  run = TrainedRun.load(workdir)
-  module, params = run.module, jax.device_put(run.variables['params'])
+  params = jax.device_put(variables['params'])
   prompt_length = min(32, module.max_length - tokens)
   out = {}
   for batch in batch_sizes:
@@ -187,7 +192,7 @@ def main() -> None:
   speedup = together['tokens_per_s'] / alone['tokens_per_s']
   print(f'{args.clients} clients / 1 client: {speedup:.2f}x aggregate tokens/s')
   if results['in_process'] is None:
-    print('in-process generate: skipped (the run the artifact came from is not here)')
+    print('in-process generate: skipped (what the artifact was exported from is not here)')
   else:
     one, many = results['in_process'][1], results['in_process'][args.clients]
     print(f'in-process generate  batch 1: {one["tokens_per_s"]:8.1f} tokens/s; batch '
