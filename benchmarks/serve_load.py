@@ -23,6 +23,7 @@ server's /metrics). Inputs are Fashion-MNIST test images (Debian's dataset-fashi
 files, or --images FILE.npy).
 """
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -228,6 +229,23 @@ def percentiles(latencies: list[float]) -> dict:
           'p99_ms': float(np.percentile(ms, 99)) if len(ms) else None}
 
 
+@contextlib.contextmanager
+def serving_state_kept(directory: str):
+  """The repository's serving.json as it was (or absent) after the block: the servers this
+  benchmark starts pin their state and change it."""
+  state_file = os.path.join(directory, 'serving.json')
+  saved = open(state_file, 'rb').read() if os.path.exists(state_file) else None
+  try:
+    yield
+  finally:
+    if saved is None:
+      if os.path.exists(state_file):
+        os.remove(state_file)
+    else:
+      with open(state_file, 'wb') as f:
+        f.write(saved)
+
+
 def rollout(directory: str, bodies: list[bytes], clients: int, seconds: float,
             *options: str) -> dict:
   """One server on the repository; clients send requests (a fresh X-Request-Id each) while the
@@ -241,8 +259,6 @@ def rollout(directory: str, bodies: list[bytes], clients: int, seconds: float,
   state = repo.state()
   champion = state.champion
   candidate = max(v for v in versions if v != champion)
-  state_file = os.path.join(directory, 'serving.json')
-  saved_state = open(state_file, 'rb').read() if os.path.exists(state_file) else None
   token_dir = tempfile.mkdtemp()
   token = uuid.uuid4().hex
   with open(os.path.join(token_dir, 'token'), 'w', encoding='utf-8') as f:
@@ -259,12 +275,6 @@ def rollout(directory: str, bodies: list[bytes], clients: int, seconds: float,
   finally:
     process.terminate()
     process.wait(timeout=60)
-    if saved_state is None:  # The repository's serving state as it was.
-      if os.path.exists(state_file):
-        os.remove(state_file)
-    else:
-      with open(state_file, 'wb') as f:
-        f.write(saved_state)
   result.update(champion=champion, candidate=candidate)
   return result
 
@@ -403,12 +413,14 @@ def main() -> None:
   print(f'cpu: {results["cpu"]}')
   batching = ('--max-batch-size', str(args.max_batch_size), '--max-wait-ms', str(args.max_wait_ms))
   if args.rollout or args.compare_logging:
-    if args.rollout:
-      results['rollout'] = rollout(args.artifact, bodies, args.clients, args.seconds, *batching)
-      print_rollout(results['rollout'], args.clients)
-    if args.compare_logging:
-      results['logging'] = compare_logging(args.artifact, bodies, args.clients, args.seconds,
-                                           *batching)
+    with serving_state_kept(args.artifact):
+      if args.rollout:
+        results['rollout'] = rollout(args.artifact, bodies, args.clients, args.seconds,
+                                     *batching)
+        print_rollout(results['rollout'], args.clients)
+      if args.compare_logging:
+        results['logging'] = compare_logging(args.artifact, bodies, args.clients, args.seconds,
+                                             *batching)
       print_load('logging off', results['logging']['off'])
       print_load('logging on', results['logging']['on'])
       print(f'logging on (--log-inputs 0.1) / off (--store off): '
