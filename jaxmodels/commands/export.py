@@ -71,8 +71,9 @@ def _export_language_model(args, platforms) -> int:
   else:
     manifest, out = export(args.out), args.out
   run = manifest['run']
-  print(f'exported the language model {run["workdir"] or run["init_from"]} (step '
-        f'{run["step"]}; {manifest["slots"]} slots, max_length {manifest["max_length"]}, '
+  step = '' if run['step'] is None else f'step {run["step"]}; '
+  print(f'exported the language model {run["workdir"] or run["init_from"]} ({step}'
+        f'{manifest["slots"]} slots, max_length {manifest["max_length"]}, '
         f'prefill buckets {", ".join(map(str, manifest["prefill_buckets"]))}; tokenizer '
         f'{manifest["tokenizer"]["kind"]}) for {", ".join(platforms)} to {out} '
         f'({directory_bytes(out):,} bytes)')
