@@ -43,6 +43,7 @@ from jaxmodels.serve.model_repository import STORE_FILE, ModelRepository
 from jaxmodels.serve.monitor import DEFAULT_WINDOW, Monitor, gauges
 from jaxmodels.serve.monitor_routes import add_monitor_routes
 from jaxmodels.serve.prediction_store import PredictionStore, new_record
+from jaxmodels.serve.request_body import BodyError, read_json
 from jaxmodels.serve.promotion_gate import PromotionGate
 from jaxmodels.serve.served_versions import OneArtifact, VersionTable, Warming
 from jaxmodels.serve.server_metrics import COMPILE_EVENT, Metrics
@@ -173,18 +174,10 @@ def make_app(path: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
     return JSONResponse({'error': str(e.detail)}, status_code=e.status_code)
 
   async def read_body(request: Request) -> dict:
-    declared = request.headers.get('content-length')
-    if declared and declared.isdigit() and int(declared) > max_body_bytes:
-      raise BadRequest(413, f'the body is {int(declared):,} bytes: at most {max_body_bytes:,}')
-    body = bytearray()
-    async for chunk in request.stream():
-      body += chunk
-      if len(body) > max_body_bytes:
-        raise BadRequest(413, f'the body is over {max_body_bytes:,} bytes')
-    try:  # orjson: a quarter of the stdlib's time on a 28x28 list of numbers.
-      parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-      raise BadRequest(400, f'the body is not valid JSON ({e})') from None
+    try:
+      parsed = await read_json(request, max_body_bytes)
+    except BodyError as e:
+      raise BadRequest(e.status, str(e)) from None
     try:
       return PredictRequest.model_validate(parsed)
     except pydantic.ValidationError as e:

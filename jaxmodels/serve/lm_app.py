@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 
 from jaxmodels.serve.lm_engine import Engine, Generation, QueueFull
 from jaxmodels.serve.request_batching import buckets_up_to
+from jaxmodels.serve.request_body import BodyError, read_json
 from jaxmodels.serve.server_metrics import LATENCY_BUCKETS, Histogram, Metrics
 
 DEMO_PAGE = os.path.join(os.path.dirname(__file__), 'lm_demo.html')
@@ -213,18 +214,10 @@ def make_lm_app(directory: str, *, max_queue: int = 64, max_body_bytes: int = 1 
     return error_response(e.status_code, str(e.detail))
 
   async def read_body(request: Request) -> CompletionRequest:
-    declared = request.headers.get('content-length')
-    if declared and declared.isdigit() and int(declared) > max_body_bytes:
-      raise BadRequest(413, f'the body is {int(declared):,} bytes: at most {max_body_bytes:,}')
-    body = bytearray()
-    async for chunk in request.stream():
-      body += chunk
-      if len(body) > max_body_bytes:
-        raise BadRequest(413, f'the body is over {max_body_bytes:,} bytes')
     try:
-      parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-      raise BadRequest(400, f'the body is not valid JSON ({e})') from None
+      parsed = await read_json(request, max_body_bytes)
+    except BodyError as e:
+      raise BadRequest(e.status, str(e)) from None
     if not isinstance(parsed, dict):
       raise BadRequest(400, 'the body must be a JSON object')
     try:
