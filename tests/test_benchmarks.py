@@ -129,3 +129,15 @@ def test_feedback_loop_closes_on_fashion_mnist(tmp_path):
       'load': 200, 'canary': 200, 'promote': 200, 'rollback': 200}, out
   assert rollout['errors'] == 0 and rollout['requests'] > 0
   assert rollout['compilations_after_warmup'] == 0
+
+
+@pytest.mark.slow
+def test_cpu_lm_prints_tokens_per_second_ratios_and_the_step_breakdown():
+  out = run('cpu_lm.py', '--quick')
+  assert re.search(r'^CPU: .+ \(\d+ cores; bf16 flags: ', out, re.M), out
+  for precision in ('fp32', 'bf16'):
+    assert re.search(rf'bs 8 {precision} round 1 jaxmodels +\d+ tokens/s', out), out
+    assert re.search(rf'bs 8 {precision} round 1 pytorch +\d+ tokens/s|pytorch: skipped', out), out
+    assert re.search(rf'bs 8 {precision} +target >= [\d.]+x PyTorch eager: [\d.]+x', out), out
+  assert re.search(r'whole step, dropout 0\.1 +[\d.]+ ms +100\.0 %', out), out
+  assert re.search(r'optimiser update \(clip \+ AdamW\) +[\d.]+ ms', out), out
