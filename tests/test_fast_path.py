@@ -318,3 +318,33 @@ def test_fit_tunes_a_plain_step_for_the_cpu_as_an_explicitly_tuned_step_trains()
                     progress=False)[0] for step in (plain, tuned)]
   for a, b in zip(*map(jax.tree.leaves, results)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_keeps_at_its_rate_scales_and_differentiates_as_flax_dropout():
+  """layers.Dropout: kept entries are x / keep_prob, dropped ones 0, at the keep rate (to
+  1/65536); the gradient is the mask over keep_prob, as nn.Dropout's; off when
+  deterministic or at rate 0; the same key gives the same mask, another key another."""
+  from jaxmodels.models.layers import Dropout, keep_mask
+  x = jax.random.normal(jax.random.PRNGKey(0), (32, 128, 256)) + 3.0  # No zero inputs.
+  rng = {'dropout': jax.random.PRNGKey(1)}
+  layer = Dropout(0.1)
+  y = layer.apply({}, x, deterministic=False, rngs=rng)
+  kept = np.asarray(y != 0)
+  assert abs(kept.mean() - 0.9) < 3 * np.sqrt(0.09 / kept.size)
+  np.testing.assert_array_equal(np.asarray(y)[kept], np.asarray(x / 0.9)[kept])
+  grad = jax.grad(lambda x: jnp.sum(layer.apply({}, x, deterministic=False, rngs=rng)))(x)
+  np.testing.assert_array_equal(np.asarray(grad), np.where(kept, np.float32(1 / 0.9), 0))
+  flax_grad = jax.grad(lambda x: jnp.sum(nn.Dropout(0.1).apply(
+      {}, x, deterministic=False, rngs=rng)))(x)
+  assert set(np.unique(np.asarray(flax_grad))) == set(np.unique(np.asarray(grad)))
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False, rngs=rng), x)
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=False, rngs=rng), y)
+  other = keep_mask(jax.random.PRNGKey(2), 0.9, x.shape)
+  assert 0.1 < np.mean(np.asarray(other) != kept) < 0.25  # Independent masks: 2 * 0.9 * 0.1.
+  typed = keep_mask(jax.random.wrap_key_data(jax.random.PRNGKey(1)), 0.9, (7, 3))
+  np.testing.assert_array_equal(typed, keep_mask(jax.random.PRNGKey(1), 0.9, (7, 3)))
+  # Neighbouring entries are independent (16-bit halves of one hash): pairs as often kept
+  # together as p^2 predicts.
+  flat = kept.reshape(-1, 2)
+  assert abs(np.mean(flat[:, 0] & flat[:, 1]) - 0.81) < 0.005

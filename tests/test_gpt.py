@@ -110,3 +110,23 @@ def test_explicit_attention_equals_the_fused_path_and_sows_its_weights(scan_laye
     assert len(weights) == (1 if scan_layers else 2)  # Scanned layers stack on axis 0.
     per_layer = weights[0].reshape(-1, 2, 2, 12, 12)  # (layers, B, H, T, S)
     np.testing.assert_allclose(per_layer.sum(-1), 1.0, atol=1e-5)  # Rows are distributions.
+
+
+def test_training_with_dropout_resumes_to_the_same_bits():
+  """Dropout masks are a function of (state.rng, state.step): a run stopped and continued
+  from its state ends with the params of the uninterrupted run, bit for bit."""
+  model = jm.linen_model(GPT(**{**SMALL, 'dropout': 0.1}))
+  tokens = np.random.default_rng(0).integers(0, 64, (64, 25)).astype(np.int32)
+  data = (tokens[:, :-1], tokens[:, 1:])
+  tx = optax.adamw(1e-3, weight_decay=0.1)
+  loss = lambda logits, batch: jm.train.softmax_cross_entropy(logits, batch['labels'])
+  step = jm.make_train_step(model.apply, loss, tx)
+  fresh = lambda: jm.create_train_state(model, tx, jax.random.PRNGKey(0), data[0][:1])
+  kw = dict(batch_size=8, progress=False, log_every_steps=2)
+  straight, _ = jm.fit(fresh(), step, data, num_steps=6, **kw)
+  half, _ = jm.fit(fresh(), step, data, num_steps=3, **kw)
+  resumed, _ = jm.fit(jax.tree.map(jnp.array, half), step, data, num_steps=6, **kw)
+  jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
+  variables = {'params': straight.params}  # Dropout is on in training.
+  assert not np.array_equal(model.apply(variables, data[0][:2], train=False)[0], model.apply(
+      variables, data[0][:2], train=True, rngs={'dropout': jax.random.PRNGKey(3)})[0])

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.models.layers import Dropout
 from jaxmodels.models.transformer import TransformerOptions, logical
 
 
@@ -52,7 +53,7 @@ class GPT(TransformerOptions):
                          logical(nn.initializers.normal(0.02), 'length', 'embed'),
                          (self.max_length, self.embed_dim))
       x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(self.dropout, deterministic=not train)(x)
     x = self.encoder(causal=True, use_rotary=self.positions == 'rotary', decode=self.decode,
                      max_length=self.max_length, name='decoder')(x, positions=positions,
                                                                  train=train)

@@ -1,11 +1,14 @@
 """Layers written for speed on XLA:CPU, with the numerics of their Flax / lax counterparts:
 `max_pool` exactly, `conv_few_inputs` and `conv_pool` (the two with a bias between) to float
-rounding (a different summation order)."""
+rounding (a different summation order); `Dropout` with nn.Dropout's distribution from a
+quarter of its random bits (other masks, the same keep rate to 1/65536)."""
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend import random as jax_random
 
 
 def _window_slices(x: jax.Array, window: int) -> list[jax.Array]:
@@ -205,3 +208,39 @@ def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, window: i
   if bias is None:
     bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
   return _conv_pool(x, kernel, bias, window, precision, recomputes_exactly)
+
+
+def keep_mask(rng: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
+  """A bool mask of `shape`, each entry True with probability `keep_prob` (to 1/65536),
+  independently, from 16 random bits per entry.
+
+  `jax.random.bernoulli` draws a float32 from one threefry hash per entry; here one hash
+  (two 32-bit words) gives four entries, a quarter of the hashing, which dominates dropout
+  on CPU. rng: a raw or typed threefry key; the same key gives the same mask on every
+  backend."""
+  size = max(1, int(np.prod(shape)))
+  words = -(-size // 2)  # Two 16-bit draws per 32-bit word.
+  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  bits = jax_random.threefry_2x32(key, jax.lax.iota(jnp.uint32, words + words % 2))
+  draws = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(-1)[:size].reshape(shape)
+  threshold = min(round(keep_prob * 65536), 65535)
+  return draws < jnp.uint16(threshold)
+
+
+class Dropout(nn.Module):
+  """`nn.Dropout` (inputs / keep_prob where kept, 0 elsewhere; the 'dropout' rng) with its
+  mask from `keep_mask`: the same distribution to 1/65536 of the keep rate, a quarter of the
+  random bits. Reproducible from the step's key like any Flax dropout."""
+  rate: float
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    keep_prob = 1.0 - self.rate
+    mask = keep_mask(self.make_rng('dropout'), keep_prob, inputs.shape)
+    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.models.layers import Dropout
+
 Dtype = jnp.dtype
 
 # The MLP's nonlinearity: 'gelu_tanh' is GPT-2's (and flax's default) approximation,
@@ -207,7 +209,7 @@ class Block(BlockOptions):
     attention = MultiHeadAttention(**options_of(self, AttentionOptions),
                                    head_dim=x.shape[-1] // self.num_heads, name='attention')
     mlp = MLP(self.mlp_dim, self.dtype, self.activation, name='mlp')
-    dropout = nn.Dropout(self.dropout, deterministic=not train)
+    dropout = Dropout(self.dropout, deterministic=not train)
     if self.post_norm:
       x = norm1(x + dropout(attention(x, mask=mask, positions=positions)))
       x = norm2(x + dropout(mlp(x)))
