@@ -180,18 +180,27 @@ def export_version(workdir: str, repo: str, **kwargs) -> tuple[int, dict]:
 
 
 def _write(out: str, manifest: dict, exported, weights: dict, reference) -> None:
+  def write_files(directory: str) -> None:
+    with open(os.path.join(directory, artifact.FUNCTION), 'wb') as f:
+      f.write(exported.serialize())
+    safetensors.numpy.save_file(weights, os.path.join(directory, artifact.WEIGHTS))
+    if reference is not None:
+      reference.save(os.path.join(directory, REFERENCE))
+    with open(os.path.join(directory, artifact.MANIFEST), 'w', encoding='utf-8') as f:
+      json.dump(manifest, f, indent=2)
+    shutil.copyfile(artifact.__file__, os.path.join(directory, artifact.LOADER))
+  write_directory(out, write_files)
+
+
+def write_directory(out: str, write_files) -> None:
+  """`write_files(directory)` into a new directory beside `out`, which then becomes `out` in
+  one rename (an empty `out` is replaced): a failed write leaves nothing at `out`. Modes
+  are mkdir's and open's under the umask."""
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.partial-', dir=parent)
   try:
-    with open(os.path.join(partial, artifact.FUNCTION), 'wb') as f:
-      f.write(exported.serialize())
-    safetensors.numpy.save_file(weights, os.path.join(partial, artifact.WEIGHTS))
-    if reference is not None:
-      reference.save(os.path.join(partial, REFERENCE))
-    with open(os.path.join(partial, artifact.MANIFEST), 'w', encoding='utf-8') as f:
-      json.dump(manifest, f, indent=2)
-    shutil.copyfile(artifact.__file__, os.path.join(partial, artifact.LOADER))
+    write_files(partial)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 (and safetensors' 0600) -> as mkdir's

@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +39,7 @@ from jaxmodels.models.gpt import sample_logits_per_row
 from jaxmodels.runs.model_card import read_card
 from jaxmodels.runs.trained import TrainedRun
 from jaxmodels.serve import lm_artifact
-from jaxmodels.serve.artifact_export import PLATFORMS, FORMAT_VERSION
+from jaxmodels.serve.artifact_export import FORMAT_VERSION, PLATFORMS, write_directory
 
 HF = 'hf:'
 DEFAULT_SLOTS = 16
@@ -262,27 +261,15 @@ def export_lm(source: str, out: str, *, slots: int = DEFAULT_SLOTS, platforms=PL
 
 def _write(out: str, manifest: dict, programs: dict, weights: dict,
            tokenizer_text: str | None) -> None:
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.partial-', dir=parent)
-  try:
+  def write_files(directory: str) -> None:
     for name, exported in programs.items():
-      with open(os.path.join(partial, manifest['files']['programs'][name]), 'wb') as f:
+      with open(os.path.join(directory, manifest['files']['programs'][name]), 'wb') as f:
         f.write(exported.serialize())
-    safetensors.numpy.save_file(weights, os.path.join(partial, lm_artifact.WEIGHTS))
+    safetensors.numpy.save_file(weights, os.path.join(directory, lm_artifact.WEIGHTS))
     if tokenizer_text is not None:
-      with open(os.path.join(partial, TOKENIZER_FILE), 'w', encoding='utf-8') as f:
+      with open(os.path.join(directory, TOKENIZER_FILE), 'w', encoding='utf-8') as f:
         f.write(tokenizer_text)
-    with open(os.path.join(partial, lm_artifact.MANIFEST), 'w', encoding='utf-8') as f:
+    with open(os.path.join(directory, lm_artifact.MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
-    shutil.copyfile(lm_artifact.__file__, os.path.join(partial, lm_artifact.LOADER))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 (and safetensors' 0600) -> as mkdir's
-    for name in os.listdir(partial):
-      os.chmod(os.path.join(partial, name), 0o666 & ~umask)
-    if os.path.isdir(out):
-      os.rmdir(out)  # Empty (checked): the complete artifact takes its place.
-    os.rename(partial, out)
-  finally:
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copyfile(lm_artifact.__file__, os.path.join(directory, lm_artifact.LOADER))
+  write_directory(out, write_files)
