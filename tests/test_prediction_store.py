@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from jaxmodels.errors import InputError
-from jaxmodels.serve.prediction_store import (BadLabel, PredictionStore,
-                                               UnknownPrediction, import_feedback_csv,
+from jaxmodels.serve.feedback_csv import import_feedback_csv
+from jaxmodels.serve.prediction_store import (BadLabel, PredictionStore, UnknownPrediction,
                                                new_record)
 from postgres_server import postgres_server
 

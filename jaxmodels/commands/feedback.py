@@ -4,7 +4,8 @@ prediction store; all rows or none."""
 import os
 
 from jaxmodels.serve.model_repository import STORE_FILE, ModelRepository
-from jaxmodels.serve.prediction_store import PredictionStore, import_feedback_csv
+from jaxmodels.serve.feedback_csv import import_feedback_csv
+from jaxmodels.serve.prediction_store import PredictionStore
 
 
 def add_arguments(parser) -> None:
