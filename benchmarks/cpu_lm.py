@@ -84,9 +84,10 @@ def jax_step(module, total_steps: int):
 
 
 def run_jaxmodels(batch_size, steps, warmup, dropout, bf16):
-  import jax
-
   import jaxmodels as jm
+  if hasattr(jm, 'reuse_host_memory'):  # As lm.py does; before jax's first computation.
+    jm.reuse_host_memory()
+  import jax
   x, y = corpus(max(4096, batch_size * 64), SHAPE['seq_len'])
   model, tx, step = jax_step(jax_model(dropout, bf16), warmup + steps)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), x[:1])
@@ -193,6 +194,7 @@ def run_torch(batch_size, steps, warmup, dropout, bf16, compile_model=False):
 
 
 RUNNERS = dict(jaxmodels=run_jaxmodels, jaxmodels_base=run_jaxmodels, pytorch=run_torch,
+               pytorch_heap=run_torch,
                torch_compile=lambda *a: run_torch(*a, compile_model=True))
 
 
@@ -221,6 +223,9 @@ def throughput(args):
           env = dict(os.environ)
           if name == 'jaxmodels_base':  # The same contender, importing the other tree.
             env['PYTHONPATH'] = os.pathsep.join([args.baseline_tree, env.get('PYTHONPATH', '')])
+          if name == 'pytorch_heap':  # PyTorch with the malloc settings of reuse_host_memory.
+            env.update(MALLOC_ARENA_MAX='1', MALLOC_MMAP_MAX_='0',
+                       MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
           command = [sys.executable, __file__, '--worker', f'{name}:{batch_size}:{precision}',
                      '--steps', str(args.steps), '--warmup', str(args.warmup),
                      '--dropout', str(args.dropout)]
@@ -322,7 +327,9 @@ def main():
   parser.add_argument('--only', default='throughput,profile', help='throughput, profile')
   parser.add_argument('--batch_sizes', default='32,8', help='comma-separated')
   parser.add_argument('--precisions', default='fp32,bf16', help='fp32, bf16')
-  parser.add_argument('--contenders', default=','.join(CONTENDERS))
+  parser.add_argument('--contenders', default=','.join(CONTENDERS),
+                      help=f'of {", ".join(CONTENDERS)}, pytorch_heap (PyTorch eager with '
+                      "jaxmodels.reuse_host_memory's malloc settings, from the environment)")
   parser.add_argument('--no_compile', action='store_true', help='leave torch.compile out')
   parser.add_argument('--baseline_tree', help='a directory holding another jaxmodels package: '
                       'adds it as the contender jaxmodels_base (a before/after in one run)')
@@ -349,6 +356,9 @@ def main():
   if args.worker:
     worker(args)
     return
+  import jaxmodels as jm
+  if 'profile' in args.only and hasattr(jm, 'reuse_host_memory'):
+    jm.reuse_host_memory()  # The profile runs here: as the contenders' own processes do.
   print(f'CPU: {cpu_model()}', flush=True)
   figures = {'cpu': cpu_model()}
   parts = dict(throughput=throughput, profile=profile)

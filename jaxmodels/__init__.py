@@ -8,6 +8,7 @@ from jaxmodels.compilation_cache import enable_compilation_cache
 from jaxmodels.data import load_dataset, make_augment, normalize
 from jaxmodels.errors import (CheckpointError, ConfigError, DataError, DataUnavailableError,
                               InputError, NonFiniteError, Preempted, UserError)
+from jaxmodels.host_memory import reuse_host_memory
 from jaxmodels.train import (Callback, EarlyStopping, Evaluate, History, LambdaCallback, LogWriter,
                              Mean, Model, TerminateOnNaN, TrainState, as_model,
                              classification_loss, classification_metrics, classification_report,
@@ -26,7 +27,7 @@ __all__ = ['as_model', 'Callback', 'checkpoint', 'CheckpointError', 'classificat
            'make_augment', 'make_eval_step', 'make_evaluate_fn', 'make_optimizer',
            'make_predict_fn', 'make_schedule', 'make_train_step', 'Mean', 'merge', 'Model',
            'models', 'nnx_model', 'NonFiniteError', 'normalize', 'one_cycle', 'parallel',
-           'precision_recall_f1', 'Preempted', 'report', 'sigmoid_binary_cross_entropy',
+           'precision_recall_f1', 'Preempted', 'report', 'reuse_host_memory', 'sigmoid_binary_cross_entropy',
            'softmax_cross_entropy', 'step_rngs', 'summarize', 'TerminateOnNaN', 'top_k_correct',
            'TrainState', 'UserError', 'warmup_cosine', 'with_preprocess']
 

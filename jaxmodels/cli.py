@@ -154,6 +154,8 @@ def run(task, experiment_file: str) -> None:
   experiment_file: the experiment's `__file__`. Its config is `configs/<name>.py`
   beside it and the default workdir is `runs/<name>`.
   """
+  from jaxmodels.host_memory import reuse_host_memory
+  reuse_host_memory()  # Before jax's CPU threads take their malloc arenas.
   name = os.path.splitext(os.path.basename(experiment_file))[0]
   config_file = os.path.join(os.path.dirname(os.path.abspath(experiment_file)), 'configs',
                              f'{name}.py')

@@ -11,7 +11,8 @@ import pytest
 
 import jaxmodels as jm
 from jaxmodels.models import SmallCNN, ThreeConvCNN, cnn
-from jaxmodels.models.layers import max_pool
+from jaxmodels.models.fast_path import rewrite_for_cpu
+from jaxmodels.models.layers import dense_product, max_pool
 
 
 def flax_max_pool(x, window):
@@ -348,3 +349,39 @@ def test_dropout_keeps_at_its_rate_scales_and_differentiates_as_flax_dropout():
   # together as p^2 predicts.
   flat = kept.reshape(-1, 2)
   assert abs(np.mean(flat[:, 0] & flat[:, 1]) - 0.81) < 0.005
+
+
+@pytest.mark.parametrize('x_shape,kernel_shape', [((64, 16), (16, 48)), ((3, 20, 24), (24, 96))])
+def test_dense_product_equals_the_plain_product_in_value_and_gradients(x_shape, kernel_shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), x_shape[:-1] + kernel_shape[-1:])
+  np.testing.assert_array_equal(dense_product(x, kernel), x @ kernel)
+  grads = lambda f: jax.grad(lambda x, k: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(x, kernel)
+  x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, kernel, cotangent))
+  ours = grads(dense_product)
+  np.testing.assert_allclose(ours[0], g64 @ k64.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours[1], x64.reshape(-1, x64.shape[-1]).T @ g64.reshape(-1, g64.shape[-1]),
+                             rtol=1e-5, atol=1e-4)
+  for a, b in zip(ours, grads(jnp.matmul)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_rewrite_computes_widening_dense_layers_with_dense_product_and_equal_gradients():
+  """A GPT's MLP input (256 -> 1024 in lm.py, 16 -> 64 here) goes through dense_product; the
+  other products (narrowing or square) do not; the logits and every gradient agree with the
+  unrewritten model."""
+  model = jm.models.GPT(vocab_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=64,
+                        max_length=8, dropout=0.0)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 8), 0, 16)
+  params = model.init(jax.random.PRNGKey(1), tokens)['params']
+  apply = lambda params: model.apply({'params': params}, tokens)
+  rewritten = rewrite_for_cpu(lambda params: model.apply({'params': params}, tokens))
+  text = str(jax.make_jaxpr(rewritten)(params))
+  assert text.count('fwd=_dense_product_fwd') == 2  # One widening layer per block.
+  np.testing.assert_array_equal(rewritten(params), apply(params))
+  loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
+  ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
+  for path, a in jax.tree_util.tree_leaves_with_path(ours):
+    b = dict(jax.tree_util.tree_leaves_with_path(plain))[path]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -130,3 +130,18 @@ def test_training_with_dropout_resumes_to_the_same_bits():
   variables = {'params': straight.params}  # Dropout is on in training.
   assert not np.array_equal(model.apply(variables, data[0][:2], train=False)[0], model.apply(
       variables, data[0][:2], train=True, rngs={'dropout': jax.random.PRNGKey(3)})[0])
+
+
+def test_rotary_equals_a_float64_reference_near_and_far_from_position_zero():
+  from jaxmodels.models.transformer import rotary
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 2, 8))
+  positions = jnp.stack([jnp.arange(16), jnp.arange(2000, 2016)])
+  half = 4
+  angles = np.asarray(positions, np.float64)[..., None, None] * 10_000.0 ** (-np.arange(half) /
+                                                                             half)
+  x64 = np.asarray(x, np.float64)
+  x1, x2 = x64[..., :half], x64[..., half:]
+  expected = np.concatenate([x1 * np.cos(angles) - x2 * np.sin(angles),
+                             x2 * np.cos(angles) + x1 * np.sin(angles)], -1)
+  np.testing.assert_allclose(jax.jit(lambda x, p: rotary(x, p, max_length=2048))(x, positions),
+                             expected, atol=2e-6)

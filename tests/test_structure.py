@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(jm.__file__).parent
 LAYERS = (
     ('errors',),
     ('schema',),
-    ('data', 'report', 'models', 'parallel', 'compilation_cache'),
+    ('data', 'report', 'models', 'parallel', 'compilation_cache', 'host_memory'),
     ('pretrained', 'finetune'),
     ('train',),
     ('checkpoint',),

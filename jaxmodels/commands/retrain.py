@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from flax import traverse_util
 
 from jaxmodels.errors import ConfigError, DataError, InputError, one_line
+from jaxmodels.host_memory import reuse_host_memory
 from jaxmodels.runs import TrainedRun
 from jaxmodels.schema import flatten
 from jaxmodels.serve import artifact_export
@@ -82,6 +83,7 @@ class _Feedback:
 
 
 def main(args) -> int:
+  reuse_host_memory()  # Before jax's CPU threads take their malloc arenas.
   _check_flags(args)
   repository = ModelRepository(args.repo)
   version, manifest = _version(repository, args.version)

@@ -18,7 +18,9 @@ gradients. Such a convolution whose output (plus a bias, through a ReLU or not) 
 a pool becomes one `layers.conv_pool`, whose gradient never writes the full-size gradient
 of the convolution's output. Pools and convolutions inside other higher-order primitives
 (remat, scan, custom derivatives) are left as they are; `layers.max_pool` is the one
-custom-derivative call recognised, as a pool.
+custom-derivative call recognised, as a pool. A float32 dense product of a widening layer
+(kernel (K, N), N > K) is computed by `layers.dense_product`, whose input gradient XLA:CPU
+runs 2x faster: the same values, the gradients to float rounding.
 """
 import collections
 import functools
@@ -27,7 +29,7 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
-from jaxmodels.models.layers import conv_few_inputs, conv_pool, max_pool
+from jaxmodels.models.layers import conv_few_inputs, conv_pool, dense_product, max_pool
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
 
@@ -72,6 +74,19 @@ def _few_input_conv(eqn) -> bool:
           all(d == 1 for d in (*p['window_strides'], *p['lhs_dilation'], *p['rhs_dilation'])) and
           all(lo >= 0 and hi >= 0 for lo, hi in p['padding']) and
           rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_PATCH)
+
+
+def _widening_dense(eqn) -> bool:
+  """Whether `eqn` is a float32 dense product x (..., K) @ kernel (K, N) with N > K (what
+  `nn.Dense` computes for a widening layer)."""
+  if eqn.primitive.name != 'dot_general':
+    return False
+  x, kernel = (v.aval for v in eqn.invars)
+  p = eqn.params
+  return (kernel.ndim == 2 and kernel.shape[1] > kernel.shape[0] and
+          x.dtype == kernel.dtype == jnp.float32 and
+          p['dimension_numbers'] == (((x.ndim - 1,), (0,)), ((), ())) and
+          p.get('preferred_element_type') in (None, jnp.float32))
 
 
 def _is_jax_relu(eqn) -> bool:
@@ -172,6 +187,10 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
     if _few_input_conv(eqn):
       conv = _DeferredConv.of(eqn, *(read(v) for v in eqn.invars))
       env[eqn.outvars[0]] = conv if single_use(eqn) else conv.value()
+      continue
+    if _widening_dense(eqn):
+      x, kernel = (read(v) for v in eqn.invars)
+      env[eqn.outvars[0]] = dense_product(x, kernel, eqn.params['precision'])
       continue
     if eqn.primitive.name == 'add' and single_use(eqn):
       a, b = (read(v, deferred_ok=True) for v in eqn.invars)

@@ -1,7 +1,8 @@
 """Layers written for speed on XLA:CPU, with the numerics of their Flax / lax counterparts:
 `max_pool` exactly, `conv_few_inputs` and `conv_pool` (the two with a bias between) to float
 rounding (a different summation order); `Dropout` with nn.Dropout's distribution from a
-quarter of its random bits (other masks, the same keep rate to 1/65536)."""
+quarter of its random bits (other masks, the same keep rate to 1/65536); `dense_product` with
+nn.Dense's values and, to rounding, its gradients."""
 import functools
 
 import flax.linen as nn
@@ -208,6 +209,42 @@ def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, window: i
   if bias is None:
     bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
   return _conv_pool(x, kernel, bias, window, precision, recomputes_exactly)
+
+
+def _dense(x, kernel, precision):
+  """x (..., K) @ kernel (K, N)."""
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_product(x, kernel, precision):
+  return _dense(x, kernel, precision)
+
+
+def _dense_product_fwd(x, kernel, precision):
+  return _dense(x, kernel, precision), (x, kernel)
+
+
+def _dense_product_bwd(precision, residuals, g):
+  x, kernel = residuals
+  # The barrier keeps the transpose a copy of its own: folded into the product, it gave
+  # XLA:CPU a product contracting the kernel's long axis, which ran at half speed.
+  kernel_t = jax.lax.optimization_barrier(kernel.T)
+  batch = tuple(range(x.ndim - 1))
+  return (_dense(g, kernel_t, precision),
+          jax.lax.dot_general(x, g, ((batch, batch), ((), ())), precision=precision))
+
+
+_dense_product.defvjp(_dense_product_fwd, _dense_product_bwd)
+
+
+def dense_product(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
+  """x (..., K) @ kernel (K, N), as `nn.Dense` computes it, with the gradient for x taken
+  against a transposed copy of the kernel (N, K) rather than the kernel read across. The
+  same values; the gradients to float rounding. For a widening layer (N > K: a Transformer's
+  MLP in, 256 -> 1024 in lm.py's GPT) XLA:CPU runs that product 2x faster: 6 % of lm.py's
+  train step."""
+  return _dense_product(x, kernel, precision)
 
 
 def keep_mask(rng: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
