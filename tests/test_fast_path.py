@@ -12,7 +12,7 @@ import pytest
 import jaxmodels as jm
 from jaxmodels.models import SmallCNN, ThreeConvCNN, cnn
 from jaxmodels.models.fast_path import rewrite_for_cpu
-from jaxmodels.models.layers import dense_product, max_pool
+from jaxmodels.models.layers import attention, dense_product, max_pool
 
 
 def flax_max_pool(x, window):
@@ -379,9 +379,39 @@ def test_the_rewrite_computes_widening_dense_layers_with_dense_product_and_equal
   rewritten = rewrite_for_cpu(lambda params: model.apply({'params': params}, tokens))
   text = str(jax.make_jaxpr(rewritten)(params))
   assert text.count('fwd=_dense_product_fwd') == 2  # One widening layer per block.
-  np.testing.assert_array_equal(rewritten(params), apply(params))
+  # (Attention is rewritten too: the logits agree to rounding.)
+  np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-6)
   loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
   ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
   for path, a in jax.tree_util.tree_leaves_with_path(ours):
     b = dict(jax.tree_util.tree_leaves_with_path(plain))[path]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('causal,length', [(True, 128), (True, 100), (False, 96)])
+def test_cpu_attention_equals_jax_dot_product_attention_in_value_and_gradients(causal, length):
+  """Blocks of 64 queries (the last one shorter at 100), and the non-causal form."""
+  q, k, v, g = (jax.random.normal(key, (2, length, 3, 16))
+                for key in jax.random.split(jax.random.PRNGKey(0), 4))
+  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+  ours = lambda q, k, v: attention(q, k, v, causal)
+  np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-5)
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(grads(ours), grads(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_rewrite_computes_a_gpts_attention_with_the_cpu_formulation():
+  model = jm.models.GPT(vocab_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
+                        max_length=80, dropout=0.0)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 80), 0, 16)
+  params = model.init(jax.random.PRNGKey(1), tokens)['params']
+  apply = lambda params: model.apply({'params': params}, tokens)
+  rewritten = rewrite_for_cpu(apply)
+  assert str(jax.make_jaxpr(apply)(params)).count('name=causal_dot_product_attention') == 2
+  assert 'causal_dot_product_attention' not in str(jax.make_jaxpr(rewritten)(params))
+  np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
+  ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

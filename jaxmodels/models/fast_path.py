@@ -20,7 +20,9 @@ of the convolution's output. Pools and convolutions inside other higher-order pr
 (remat, scan, custom derivatives) are left as they are; `layers.max_pool` is the one
 custom-derivative call recognised, as a pool. A float32 dense product of a widening layer
 (kernel (K, N), N > K) is computed by `layers.dense_product`, whose input gradient XLA:CPU
-runs 2x faster: the same values, the gradients to float rounding.
+runs 2x faster: the same values, the gradients to float rounding. The Transformers' unmasked
+float32 attention (`transformer.dot_product_attention`, a named call) is computed by
+`layers.attention`: the values and gradients to float rounding.
 """
 import collections
 import functools
@@ -29,7 +31,8 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
-from jaxmodels.models.layers import conv_few_inputs, conv_pool, dense_product, max_pool
+from jaxmodels.models.layers import (attention, conv_few_inputs, conv_pool, dense_product,
+                                     max_pool)
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
 
@@ -87,6 +90,21 @@ def _widening_dense(eqn) -> bool:
           x.dtype == kernel.dtype == jnp.float32 and
           p['dimension_numbers'] == (((x.ndim - 1,), (0,)), ((), ())) and
           p.get('preferred_element_type') in (None, jnp.float32))
+
+
+_ATTENTION_CALLS = {'dot_product_attention': False, 'causal_dot_product_attention': True}
+
+
+def _attention_call(eqn) -> bool | None:
+  """For a call of `transformer.dot_product_attention` (or its causal twin) on float32
+  self-attention: whether it is causal; else None."""
+  if eqn.primitive.name not in _JIT_PRIMITIVES or len(eqn.invars) != 3:
+    return None
+  causal = _ATTENTION_CALLS.get(eqn.params.get('name'))
+  q, k, v = (v.aval for v in eqn.invars)
+  if causal is None or q.ndim != 4 or not q.shape == k.shape == v.shape:
+    return None
+  return causal if q.dtype == jnp.float32 else None
 
 
 def _is_jax_relu(eqn) -> bool:
@@ -187,6 +205,10 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
     if _few_input_conv(eqn):
       conv = _DeferredConv.of(eqn, *(read(v) for v in eqn.invars))
       env[eqn.outvars[0]] = conv if single_use(eqn) else conv.value()
+      continue
+    causal = _attention_call(eqn)
+    if causal is not None:
+      env[eqn.outvars[0]] = attention(*(read(v) for v in eqn.invars), causal=causal)
       continue
     if _widening_dense(eqn):
       x, kernel = (read(v) for v in eqn.invars)

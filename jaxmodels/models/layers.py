@@ -2,7 +2,8 @@
 `max_pool` exactly, `conv_few_inputs` and `conv_pool` (the two with a bias between) to float
 rounding (a different summation order); `Dropout` with nn.Dropout's distribution from a
 quarter of its random bits (other masks, the same keep rate to 1/65536); `dense_product` with
-nn.Dense's values and, to rounding, its gradients."""
+nn.Dense's values and, to rounding, its gradients; `attention` with those of
+`jax.nn.dot_product_attention` to rounding."""
 import functools
 
 import flax.linen as nn
@@ -245,6 +246,30 @@ def dense_product(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
   MLP in, 256 -> 1024 in lm.py's GPT) XLA:CPU runs that product 2x faster: 6 % of lm.py's
   train step."""
   return _dense_product(x, kernel, precision)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
+              block: int = 64) -> jax.Array:
+  """`jax.nn.dot_product_attention(q, k, v, is_causal=causal)` (q, k, v (B, T, H, D)
+  float32, no mask) written for XLA:CPU: the same values and gradients to float rounding.
+
+  The queries are scaled before their product (D values each rather than T); the products
+  run on (B, H, T, D) operands; the causal mask is a constant added to the logits; and
+  causal queries go in blocks of `block` that meet only the keys up to their block's end,
+  which skips a quarter of the products and of the softmax at T = 128. lm.py's GPT: 21 ms
+  against 32-40 ms a layer for attention's forward and backward at batch 32."""
+  length, head_dim = q.shape[1], q.shape[3]
+  q = (q * np.float32(1 / np.sqrt(head_dim))).transpose(0, 2, 1, 3)
+  k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+  if not causal:
+    return jnp.matmul(jax.nn.softmax(jnp.matmul(q, k), axis=-1), v).transpose(0, 2, 1, 3)
+  bias = np.where(np.tril(np.ones((length, length), bool)), 0, -np.inf).astype(np.float32)
+  outs = []
+  for start in range(0, length, block):
+    end = min(start + block, length)
+    logits = jnp.matmul(q[:, :, start:end], k[..., :end]) + bias[start:end, :end]
+    outs.append(jnp.matmul(jax.nn.softmax(logits, axis=-1), v[:, :, :end]))
+  return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
 def keep_mask(rng: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:

@@ -60,6 +60,18 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0,
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+# `jax.nn.dot_product_attention` without a mask, as named calls: the CPU rewrite
+# (`fast_path.rewrite_for_cpu`) finds them by name and computes them as `layers.attention`.
+@jax.jit
+def dot_product_attention(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v)
+
+
+@jax.jit
+def causal_dot_product_attention(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
 class Projection(nn.Module):
   """A dense layer whose kernel keeps its head axes (and their logical names) instead of
   being a flattened matrix: the trailing `num_in` axes of x contract with the kernel's
@@ -143,6 +155,8 @@ class MultiHeadAttention(AttentionOptions):
       causal = False  # The cache mask already hides the future.
     if self.attention == 'explicit':
       out = self._explicit_attention(q, k, v, mask, causal)
+    elif mask is None:
+      out = (causal_dot_product_attention if causal else dot_product_attention)(q, k, v)
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
