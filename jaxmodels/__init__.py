@@ -27,9 +27,10 @@ __all__ = ['as_model', 'Callback', 'checkpoint', 'CheckpointError', 'classificat
            'make_augment', 'make_eval_step', 'make_evaluate_fn', 'make_optimizer',
            'make_predict_fn', 'make_schedule', 'make_train_step', 'Mean', 'merge', 'Model',
            'models', 'nnx_model', 'NonFiniteError', 'normalize', 'one_cycle', 'parallel',
-           'precision_recall_f1', 'Preempted', 'report', 'reuse_host_memory', 'sigmoid_binary_cross_entropy',
-           'softmax_cross_entropy', 'step_rngs', 'summarize', 'TerminateOnNaN', 'top_k_correct',
-           'TrainState', 'UserError', 'warmup_cosine', 'with_preprocess']
+           'precision_recall_f1', 'Preempted', 'report', 'reuse_host_memory',
+           'sigmoid_binary_cross_entropy', 'softmax_cross_entropy', 'step_rngs', 'summarize',
+           'TerminateOnNaN', 'top_k_correct', 'TrainState', 'UserError', 'warmup_cosine',
+           'with_preprocess']
 
 __version__ = '0.1.0'
 

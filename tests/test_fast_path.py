@@ -367,25 +367,36 @@ def test_dense_product_equals_the_plain_product_in_value_and_gradients(x_shape, 
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def _gpt_and_its_rewrite(mlp_dim: int, length: int, batch: int):
+  """(params, apply, rewritten): a small GPT's logits as a function of its params, plain
+  and through `rewrite_for_cpu`."""
+  model = jm.models.GPT(vocab_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=mlp_dim,
+                        max_length=length, dropout=0.0)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, length), 0, 16)
+  params = model.init(jax.random.PRNGKey(1), tokens)['params']
+  apply = lambda params: model.apply({'params': params}, tokens)
+  return params, apply, rewrite_for_cpu(apply)
+
+
+def _assert_equal_gradients(rewritten, apply, params, rtol: float):
+  loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
+  ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
+  plain = dict(jax.tree_util.tree_leaves_with_path(plain))
+  for path, a in jax.tree_util.tree_leaves_with_path(ours):
+    np.testing.assert_allclose(a, plain[path], rtol=rtol, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 def test_the_rewrite_computes_widening_dense_layers_with_dense_product_and_equal_gradients():
   """A GPT's MLP input (256 -> 1024 in lm.py, 16 -> 64 here) goes through dense_product; the
   other products (narrowing or square) do not; the logits and every gradient agree with the
   unrewritten model."""
-  model = jm.models.GPT(vocab_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=64,
-                        max_length=8, dropout=0.0)
-  tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 8), 0, 16)
-  params = model.init(jax.random.PRNGKey(1), tokens)['params']
-  apply = lambda params: model.apply({'params': params}, tokens)
-  rewritten = rewrite_for_cpu(lambda params: model.apply({'params': params}, tokens))
+  params, apply, rewritten = _gpt_and_its_rewrite(mlp_dim=64, length=8, batch=3)
   text = str(jax.make_jaxpr(rewritten)(params))
   assert text.count('fwd=_dense_product_fwd') == 2  # One widening layer per block.
   # (Attention is rewritten too: the logits agree to rounding.)
   np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-6)
-  loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
-  ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
-  for path, a in jax.tree_util.tree_leaves_with_path(ours):
-    b = dict(jax.tree_util.tree_leaves_with_path(plain))[path]
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  _assert_equal_gradients(rewritten, apply, params, rtol=1e-5)
 
 
 @pytest.mark.parametrize('causal,length', [(True, 128), (True, 100), (False, 96)])
@@ -402,16 +413,8 @@ def test_cpu_attention_equals_jax_dot_product_attention_in_value_and_gradients(c
 
 
 def test_the_rewrite_computes_a_gpts_attention_with_the_cpu_formulation():
-  model = jm.models.GPT(vocab_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
-                        max_length=80, dropout=0.0)
-  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 80), 0, 16)
-  params = model.init(jax.random.PRNGKey(1), tokens)['params']
-  apply = lambda params: model.apply({'params': params}, tokens)
-  rewritten = rewrite_for_cpu(apply)
+  params, apply, rewritten = _gpt_and_its_rewrite(mlp_dim=32, length=80, batch=2)
   assert str(jax.make_jaxpr(apply)(params)).count('name=causal_dot_product_attention') == 2
   assert 'causal_dot_product_attention' not in str(jax.make_jaxpr(rewritten)(params))
   np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda p: jnp.mean(jax.nn.log_softmax(f(p))[..., 0])
-  ours, plain = jax.grad(loss(rewritten))(params), jax.grad(loss(apply))(params)
-  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  _assert_equal_gradients(rewritten, apply, params, rtol=1e-4)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxmodels.models.layers import (attention, conv_few_inputs, conv_pool, dense_product,
                                      max_pool)
+from jaxmodels.models.transformer import causal_dot_product_attention, dot_product_attention
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
 
@@ -92,7 +93,9 @@ def _widening_dense(eqn) -> bool:
           p.get('preferred_element_type') in (None, jnp.float32))
 
 
-_ATTENTION_CALLS = {'dot_product_attention': False, 'causal_dot_product_attention': True}
+# The named calls whose jaxpr equations carry these names: causal or not.
+_ATTENTION_CALLS = {dot_product_attention.__name__: False,
+                    causal_dot_product_attention.__name__: True}
 
 
 def _attention_call(eqn) -> bool | None:

@@ -94,7 +94,7 @@ class Reference:
     return (flat - self.summary_mean) @ self.summary_components.T
 
   def save(self, path: str) -> None:
-    """Writes one .npz file (no pickle) at exactly `path`, atomically: through a temporary file
+    """Writes one .npz file of plain arrays at exactly `path`, atomically: through a temporary file
     beside it, fsynced and renamed over it, so a reader never sees half a file."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
@@ -115,15 +115,14 @@ class Reference:
     """The reference `save` wrote at `path`; InputError naming the file when it is missing,
     unreadable or not a drift reference."""
     try:
-      archive = np.load(path, allow_pickle=False)
-      if not isinstance(archive, np.lib.npyio.NpzFile):  # A lone .npy array.
-        raise ValueError('one array, not an .npz archive')
-      with archive:
+      with open(path, 'rb') as f:  # Missing or unreadable: the OSError says so.
+        archive_file = zipfile.is_zipfile(f)
+      if not archive_file:  # A lone .npy array, or not numpy's at all.
+        raise ValueError('not an .npz archive')
+      with np.load(path) as archive:  # np.load's default refuses object arrays.
         values = {name: archive[name] for name in _ARRAYS + _SCALARS if name in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      # np.load takes what is neither .npy nor .npz for a pickle, refused: say so plainly.
-      reason = (e.strerror if isinstance(e, OSError) and e.strerror else
-                'not an .npz archive' if 'pickle' in str(e) else one_line(e))
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
       raise InputError(f'{path} cannot be read as a drift reference ({reason}): export the '
                        'model again', key='path') from None
     missing = [name for name in _ARRAYS + _SCALARS if name not in values]

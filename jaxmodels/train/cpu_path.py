@@ -7,8 +7,9 @@ On XLA:CPU (the figures are the SmallCNN's on a 2-core CPU, `benchmarks/README.m
   without select-and-scatter (5-20x slower there), few-input first convolutions as fused
   multiply-adds, and the two together as `layers.conv_pool`, whose backward takes the
   pool's maximum from the forward pass, since XLA:CPU recomputes a convolution bit for bit,
-  and widening dense layers as `layers.dense_product` (a Transformer MLP's input gradient
-  against a transposed copy of the kernel, 2x faster);
+  widening dense layers as `layers.dense_product` (a Transformer MLP's input gradient
+  against a transposed copy of the kernel, 2x faster), and unmasked float32 attention as
+  `layers.attention` (causal blocks that skip the later keys);
 - on one CPU device a batch over 128 of a model without batch statistics is accumulated
   over slices of 128 or 64, which stay in the caches (7,200 img/s at batch 256 in one
   piece, 12,000 in two slices);
