@@ -70,6 +70,7 @@ def test_mnist_cli_trains_on_local_idx_files(mnist_dir, tmp_path):
   assert summary['overrides']['model.widths'] == [8, 8, 8]
 
 
+@pytest.mark.slow  # A whole training run in a subprocess: 25-40 s.
 def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()

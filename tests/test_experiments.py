@@ -111,6 +111,7 @@ def test_text_classifier_end_to_end_on_mock_imdb(model, tmp_path, mock_tfds):
   assert (tmp_path / 'confusion_matrix.png').exists()
 
 
+@pytest.mark.slow  # A whole training run in a subprocess: 25-40 s.
 def test_text_classifier_on_local_labelled_files(tmp_path):
   rng = np.random.default_rng(0)
   words = {'space': 'star orbit rocket planet moon', 'cooking': 'salt pan oven bread soup'}

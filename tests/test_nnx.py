@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import jaxmodels as jm
@@ -32,6 +33,7 @@ def _worker(workdir, *args):
   return result.returncode, result.stdout + result.stderr[-3000:]
 
 
+@pytest.mark.slow  # A whole training run in a subprocess: 25-40 s.
 def test_nnx_cnn_resumes_bit_identically_after_sigkill_and_matches_its_linen_twin(tmp_path):
   _, test = digits()
   # Uninterrupted, in this process.

@@ -21,8 +21,12 @@ of the convolution's output. Pools and convolutions inside other higher-order pr
 custom-derivative call recognised, as a pool. A float32 dense product of a widening layer
 (kernel (K, N), N > K) is computed by `layers.dense_product`, whose input gradient XLA:CPU
 runs 2x faster: the same values, the gradients to float rounding. The Transformers' unmasked
-float32 attention (`transformer.dot_product_attention`, a named call) is computed by
-`layers.attention`: the values and gradients to float rounding.
+float32 or bfloat16 attention (`transformer.dot_product_attention`, a named call) is
+computed by `layers.attention`: the values and gradients to float rounding. A product of two
+bfloat16 operands is computed by `bf16_compute.dot_general`, which XLA:CPU runs on the CPU's
+bf16 instructions, and an operand that a bfloat16 add, subtract or multiply broadcasts goes
+through `bf16_compute.broadcast_to`, whose gradient is summed in float32: the same values,
+gradients rounded as PyTorch's autocast rounds them.
 """
 import collections
 import functools
@@ -31,6 +35,7 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
+from jaxmodels.models import bf16_compute
 from jaxmodels.models.layers import (attention, conv_few_inputs, conv_pool, dense_product,
                                      max_pool)
 from jaxmodels.models.transformer import causal_dot_product_attention, dot_product_attention
@@ -107,7 +112,28 @@ def _attention_call(eqn) -> bool | None:
   q, k, v = (v.aval for v in eqn.invars)
   if causal is None or q.ndim != 4 or not q.shape == k.shape == v.shape:
     return None
-  return causal if q.dtype == jnp.float32 else None
+  return causal if q.dtype in (jnp.float32, jnp.bfloat16) else None
+
+
+def _bf16_product(eqn) -> bool:
+  """Whether `eqn` is a dot_general of two bfloat16 operands with a bf16 or float32
+  result."""
+  if eqn.primitive.name != 'dot_general':
+    return False
+  x, y = (v.aval for v in eqn.invars)
+  return (x.dtype == y.dtype == jnp.bfloat16 and
+          eqn.params.get('preferred_element_type') in (None, jnp.bfloat16, jnp.float32))
+
+
+def _bf16_broadcasting(eqn) -> bool:
+  """Whether `eqn` is a bfloat16 add, subtract or multiply that broadcasts an operand (a
+  bias or a scale of shape (1, 1, E) added to (B, T, E)), whose gradient would be summed in
+  bf16."""
+  if eqn.primitive.name not in ('add', 'sub', 'mul'):
+    return False
+  out = eqn.outvars[0].aval
+  return out.dtype == jnp.bfloat16 and any(
+      isinstance(v, jex.Var) and v.aval.shape != out.shape for v in eqn.invars)
 
 
 def _is_jax_relu(eqn) -> bool:
@@ -216,6 +242,20 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
     if _widening_dense(eqn):
       x, kernel = (read(v) for v in eqn.invars)
       env[eqn.outvars[0]] = dense_product(x, kernel, eqn.params['precision'])
+      continue
+    if _bf16_product(eqn):
+      x, y = (read(v) for v in eqn.invars)
+      env[eqn.outvars[0]] = bf16_compute.dot_general(
+          x, y, eqn.params['dimension_numbers'], eqn.params['precision'],
+          out_dtype=eqn.outvars[0].aval.dtype)
+      continue
+    if _bf16_broadcasting(eqn):
+      shape = eqn.outvars[0].aval.shape
+      invals = [bf16_compute.broadcast_to(x, shape) if x.shape != shape else x
+                for x in (read(v) for v in eqn.invars)]
+      with eqn.ctx.manager:
+        env[eqn.outvars[0]] = eqn.primitive.bind(*invals,
+                                                 **eqn.primitive.get_bind_params(eqn.params))
       continue
     if eqn.primitive.name == 'add' and single_use(eqn):
       a, b = (read(v, deferred_ok=True) for v in eqn.invars)

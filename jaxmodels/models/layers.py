@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import random as jax_random
 
+from jaxmodels.models import bf16_compute
+
 
 def _window_slices(x: jax.Array, window: int) -> list[jax.Array]:
   """The window*window strided views of x (B, H, W, C), in row-major window order."""
@@ -248,27 +250,42 @@ def dense_product(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
   return _dense_product(x, kernel, precision)
 
 
+def _bf16_matmul(a, b, out_dtype):
+  """a (B, H, M, K) @ b (B, H, K, N) of bf16 operands (`bf16_compute.dot_general`)."""
+  return bf16_compute.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))), out_dtype=out_dtype)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
               block: int = 64) -> jax.Array:
   """`jax.nn.dot_product_attention(q, k, v, is_causal=causal)` (q, k, v (B, T, H, D)
-  float32, no mask) written for XLA:CPU: the same values and gradients to float rounding.
+  float32 or bfloat16, no mask) written for XLA:CPU: the same values and gradients to float
+  rounding.
 
   The queries are scaled before their product (D values each rather than T); the products
   run on (B, H, T, D) operands; the causal mask is a constant added to the logits; and
   causal queries go in blocks of `block` that meet only the keys up to their block's end,
   which skips a quarter of the products and of the softmax at T = 128. lm.py's GPT: 21 ms
-  against 32-40 ms a layer for attention's forward and backward at batch 32."""
+  against 32-40 ms a layer for attention's forward and backward at batch 32. bfloat16 runs
+  as `jax.nn.dot_product_attention` does it (float32 logits, scaled after their product,
+  and softmax; bf16 weights), its products through `bf16_compute.dot_general`.
+  """
   length, head_dim = q.shape[1], q.shape[3]
-  q = (q * np.float32(1 / np.sqrt(head_dim))).transpose(0, 2, 1, 3)
-  k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+  scale = np.float32(1 / np.sqrt(head_dim))
+  if q.dtype == jnp.bfloat16:
+    logits_of = lambda q, k: _bf16_matmul(q, k, jnp.float32) * scale
+    weighted = lambda probs, v: _bf16_matmul(probs.astype(v.dtype), v, v.dtype)
+  else:
+    q = q * scale
+    logits_of = weighted = jnp.matmul
+  q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
   if not causal:
-    return jnp.matmul(jax.nn.softmax(jnp.matmul(q, k), axis=-1), v).transpose(0, 2, 1, 3)
+    return weighted(jax.nn.softmax(logits_of(q, k), axis=-1), v).transpose(0, 2, 1, 3)
   bias = np.where(np.tril(np.ones((length, length), bool)), 0, -np.inf).astype(np.float32)
   outs = []
   for start in range(0, length, block):
     end = min(start + block, length)
-    logits = jnp.matmul(q[:, :, start:end], k[..., :end]) + bias[start:end, :end]
-    outs.append(jnp.matmul(jax.nn.softmax(logits, axis=-1), v[:, :, :end]))
+    logits = logits_of(q[:, :, start:end], k[..., :end]) + bias[start:end, :end]
+    outs.append(weighted(jax.nn.softmax(logits, axis=-1), v[:, :, :end]))
   return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
