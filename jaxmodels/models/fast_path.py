@@ -104,15 +104,17 @@ _ATTENTION_CALLS = {dot_product_attention.__name__: False,
 
 
 def _attention_call(eqn) -> bool | None:
-  """For a call of `transformer.dot_product_attention` (or its causal twin) on float32
-  self-attention: whether it is causal; else None."""
+  """For a call of `transformer.dot_product_attention` (or its causal twin) on float32 or
+  bfloat16 self-attention: whether it is causal; else None."""
   if eqn.primitive.name not in _JIT_PRIMITIVES or len(eqn.invars) != 3:
     return None
   causal = _ATTENTION_CALLS.get(eqn.params.get('name'))
   q, k, v = (v.aval for v in eqn.invars)
   if causal is None or q.ndim != 4 or not q.shape == k.shape == v.shape:
     return None
-  return causal if q.dtype in (jnp.float32, jnp.bfloat16) else None
+  if not q.dtype == k.dtype == v.dtype or q.dtype not in (jnp.float32, jnp.bfloat16):
+    return None
+  return causal
 
 
 def _bf16_product(eqn) -> bool:
