@@ -174,3 +174,17 @@ def test_broadcast_to_sums_its_gradient_in_float32():
       errors[name] = np.max(np.abs(_float64(grad) - exact) / exact)
     assert errors['ours'] <= 2 ** -8 < 3 * 2 ** -8 < errors['plain'], errors
     np.testing.assert_array_equal(bf16_compute.broadcast_to(x, g.shape), jnp.zeros(g.shape))
+
+
+def test_the_rewrite_broadcasts_variables_and_leaves_literals_alone():
+  """A bias (1, 4) added to (3, 4) next to a literal scale (2.0) and a constant: the rewritten
+  function's value and gradients are the plain ones (small integers: exact in bf16)."""
+  def f(bias, x):
+    y = bias * 2.0 + x - bias
+    return y.astype(jnp.float32).sum() + (jnp.full((1, 4), 3, jnp.bfloat16) * bias).sum()
+  bias, x = jnp.ones((1, 4), jnp.bfloat16), jnp.ones((3, 4), jnp.bfloat16)
+  assert 'custom_vjp_call' in str(jax.make_jaxpr(rewrite_for_cpu(f))(bias, x))
+  assert rewrite_for_cpu(f)(bias, x) == f(bias, x) == 36
+  grads = lambda f: jax.grad(f, (0, 1))(bias, x)
+  for ours, plain in zip(grads(rewrite_for_cpu(f)), grads(f)):
+    np.testing.assert_array_equal(ours, plain)

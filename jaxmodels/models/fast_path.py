@@ -253,8 +253,9 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
       continue
     if _bf16_broadcasting(eqn):
       shape = eqn.outvars[0].aval.shape
-      invals = [bf16_compute.broadcast_to(x, shape) if x.shape != shape else x
-                for x in (read(v) for v in eqn.invars)]
+      invals = [bf16_compute.broadcast_to(read(v), shape)
+                if isinstance(v, jex.Var) and v.aval.shape != shape else read(v)
+                for v in eqn.invars]
       with eqn.ctx.manager:
         env[eqn.outvars[0]] = eqn.primitive.bind(*invals,
                                                  **eqn.primitive.get_bind_params(eqn.params))
