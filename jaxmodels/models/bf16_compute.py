@@ -14,7 +14,7 @@ before its products, and each product is rounded to bf16 once.
 
 A bf16 bias or scale broadcast in an add or multiply has the sum of the result's gradient
 over the broadcast axes as its gradient: `lax.reduce_sum` in bf16, which XLA:CPU computes
-as a tree of windowed sums, 17 ms for a GPT MLP bias at batch 32 (a fifth of the step for
+as a tree of windowed sums, 17 ms for a GPT MLP bias at batch 32 (a tenth of the step for
 four layers). `broadcast_to`'s gradient sums in float32 and rounds once, as PyTorch's does:
 0.6 ms.
 """
