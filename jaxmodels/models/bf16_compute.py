@@ -24,10 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
-                         tuple[tuple[int, ...], tuple[int, ...]]]
-
-
 def _product(x, y, dimension_numbers, precision, out_dtype):
   """x . y in float32, rounded to out_dtype."""
   out = jax.lax.dot_general(x, y, dimension_numbers, precision=precision,
@@ -37,7 +33,8 @@ def _product(x, y, dimension_numbers, precision, out_dtype):
 
 def _lhs_gradient(g, y, dimension_numbers, x_ndim, precision, x_dtype):
   """The gradient for x of x . y, from g (the result's gradient): g contracted with y over
-  y's free axes, then laid out as x."""
+  y's free axes, then laid out as x. (jax's own transpose rule would ask that product for
+  a bf16 result, which XLA:CPU runs at float32 speed.)"""
   (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
   x_free = [i for i in range(x_ndim) if i not in x_contract and i not in x_batch]
   y_free = [j for j in range(y.ndim) if j not in y_contract and j not in y_batch]
@@ -78,7 +75,7 @@ def _dot_general_bwd(dimension_numbers, precision, out_dtype, residuals, g):
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd)
 
 
-def dot_general(x: jax.Array, y: jax.Array, dimension_numbers: DimensionNumbers,
+def dot_general(x: jax.Array, y: jax.Array, dimension_numbers: jax.lax.DotDimensionNumbers,
                 precision=None, out_dtype=jnp.bfloat16) -> jax.Array:
   """`jax.lax.dot_general(x, y, dimension_numbers)` of bf16 x and y, accumulated in float32
   and rounded to out_dtype (bf16, or float32 to keep the float32 result, as attention's

@@ -212,6 +212,12 @@ def _bias_of(conv, other):
   return None
 
 
+def _bind(eqn, invals):
+  """`eqn`'s primitive applied to invals, as the jaxpr applied it."""
+  with eqn.ctx.manager:
+    return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+
+
 def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
   """`jax.core.eval_jaxpr`, with the pools swapped and jitted sub-functions inlined."""
   env = {}
@@ -256,9 +262,7 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
       invals = [bf16_compute.broadcast_to(read(v), shape)
                 if isinstance(v, jex.Var) and v.aval.shape != shape else read(v)
                 for v in eqn.invars]
-      with eqn.ctx.manager:
-        env[eqn.outvars[0]] = eqn.primitive.bind(*invals,
-                                                 **eqn.primitive.get_bind_params(eqn.params))
+      env[eqn.outvars[0]] = _bind(eqn, invals)
       continue
     if eqn.primitive.name == 'add' and single_use(eqn):
       a, b = (read(v, deferred_ok=True) for v in eqn.invars)
@@ -277,9 +281,7 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
       invals = [read(v, deferred_ok=True) for v in eqn.invars]
       outs = _evaluate(inner.jaxpr, inner.consts, invals, recomputes_exactly)
     else:
-      invals = [read(v) for v in eqn.invars]
-      with eqn.ctx.manager:
-        outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+      outs = _bind(eqn, [read(v) for v in eqn.invars])
       outs = outs if eqn.primitive.multiple_results else [outs]
     env.update(zip(eqn.outvars, outs))
   return [read(v, deferred_ok=True) for v in jaxpr.outvars]
