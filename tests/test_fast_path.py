@@ -351,19 +351,34 @@ def test_dropout_keeps_at_its_rate_scales_and_differentiates_as_flax_dropout():
   assert abs(np.mean(flat[:, 0] & flat[:, 1]) - 0.81) < 0.005
 
 
-@pytest.mark.parametrize('x_shape,kernel_shape', [((64, 16), (16, 48)), ((3, 20, 24), (24, 96))])
-def test_dense_product_equals_the_plain_product_in_value_and_gradients(x_shape, kernel_shape):
+@pytest.mark.parametrize('x_shape,kernel_shape,num_in', [
+    ((64, 16), (16, 48), 1),         # widening
+    ((3, 20, 24), (24, 96), 1),
+    ((3, 20, 96), (96, 24), 1),      # narrowing
+    ((40, 32), (32, 32), 1),         # square
+    ((2, 10, 16), (16, 2, 8), 1),    # a query projection: (B, T, E) x (E, H, D)
+    ((2, 10, 2, 8), (2, 8, 16), 2),  # an output projection: (B, T, H, D) x (H, D, E)
+])
+def test_dense_product_equals_the_plain_product_in_value_and_gradients(x_shape, kernel_shape,
+                                                                        num_in):
+  """Values bit for bit; both gradients against float64 numpy and jax's own."""
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
-  cotangent = jax.random.normal(jax.random.PRNGKey(2), x_shape[:-1] + kernel_shape[-1:])
-  np.testing.assert_array_equal(dense_product(x, kernel), x @ kernel)
+  out_shape = x_shape[:len(x_shape) - num_in] + kernel_shape[num_in:]
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), out_shape)
+  plain = lambda x, k: jnp.tensordot(x, k, num_in)
+  ours = lambda x, k: dense_product(x, k, num_in=num_in)
+  np.testing.assert_array_equal(ours(x, kernel), plain(x, kernel))
   grads = lambda f: jax.grad(lambda x, k: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(x, kernel)
-  x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, kernel, cotangent))
-  ours = grads(dense_product)
-  np.testing.assert_allclose(ours[0], g64 @ k64.T, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(ours[1], x64.reshape(-1, x64.shape[-1]).T @ g64.reshape(-1, g64.shape[-1]),
-                             rtol=1e-5, atol=1e-4)
-  for a, b in zip(ours, grads(jnp.matmul)):
+  fan_in = int(np.prod(kernel_shape[:num_in]))
+  x64 = np.asarray(x, np.float64).reshape(-1, fan_in)
+  k64 = np.asarray(kernel, np.float64).reshape(fan_in, -1)
+  g64 = np.asarray(cotangent, np.float64).reshape(x64.shape[0], -1)
+  x_grad, kernel_grad = grads(ours)
+  np.testing.assert_allclose(x_grad, (g64 @ k64.T).reshape(x_shape), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kernel_grad, (x64.T @ g64).reshape(kernel_shape), rtol=1e-5,
+                             atol=1e-4)
+  for a, b in zip((x_grad, kernel_grad), grads(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -387,13 +402,14 @@ def _assert_equal_gradients(rewritten, apply, params, rtol: float):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def test_the_rewrite_computes_widening_dense_layers_with_dense_product_and_equal_gradients():
-  """A GPT's MLP input (256 -> 1024 in lm.py, 16 -> 64 here) goes through dense_product; the
-  other products (narrowing or square) do not; the logits and every gradient agree with the
-  unrewritten model."""
-  params, apply, rewritten = _gpt_and_its_rewrite(mlp_dim=64, length=8, batch=3)
+def test_the_rewrite_computes_every_dense_layer_with_dense_product_and_equal_gradients():
+  """A GPT's dense products go through dense_product: per block the query, key, value and
+  output projections and the MLP's two layers, then the tied output layer; the logits and
+  every gradient agree with the unrewritten model. With 64 rows (batch 8 x length 8) every
+  product is tall (at least as many rows as the 64-wide MLP), so each is rewritten."""
+  params, apply, rewritten = _gpt_and_its_rewrite(mlp_dim=64, length=8, batch=8)
   text = str(jax.make_jaxpr(rewritten)(params))
-  assert text.count('fwd=_dense_product_fwd') == 2  # One widening layer per block.
+  assert text.count('fwd=_dense_product_fwd') == 2 * 6 + 1
   # (Attention is rewritten too: the logits agree to rounding.)
   np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-6)
   _assert_equal_gradients(rewritten, apply, params, rtol=1e-5)

@@ -18,9 +18,11 @@ gradients. Such a convolution whose output (plus a bias, through a ReLU or not) 
 a pool becomes one `layers.conv_pool`, whose gradient never writes the full-size gradient
 of the convolution's output. Pools and convolutions inside other higher-order primitives
 (remat, scan, custom derivatives) are left as they are; `layers.max_pool` is the one
-custom-derivative call recognised, as a pool. A float32 dense product of a widening layer
-(kernel (K, N), N > K) is computed by `layers.dense_product`, whose input gradient XLA:CPU
-runs 2x faster: the same values, the gradients to float rounding. The Transformers' unmasked
+custom-derivative call recognised, as a pool. A float32 dense product (x contracted with a
+kernel's leading axes: `nn.Dense`, a Transformer's projections, a tied output layer) that
+widens (kernel (K, N), N > K) or is tall (at least max(K, N) rows: a sequence model's) is
+computed by `layers.dense_product`, whose gradients XLA:CPU runs up to 2x faster: the same
+values, the gradients to float rounding. The Transformers' unmasked
 float32 or bfloat16 attention (`transformer.dot_product_attention`, a named call) is
 computed by `layers.attention`: the values and gradients to float rounding. A product of two
 bfloat16 operands is computed by `bf16_compute.dot_general`, which XLA:CPU runs on the CPU's
@@ -30,6 +32,7 @@ gradients rounded as PyTorch's autocast rounds them.
 """
 import collections
 import functools
+import math
 
 import jax
 import jax.extend.core as jex
@@ -85,17 +88,27 @@ def _few_input_conv(eqn) -> bool:
           rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_PATCH)
 
 
-def _widening_dense(eqn) -> bool:
-  """Whether `eqn` is a float32 dense product x (..., K) @ kernel (K, N) with N > K (what
-  `nn.Dense` computes for a widening layer)."""
+def _dense_layer(eqn) -> int | None:
+  """For a float32 dense product, x (..., *in) contracted with a kernel's leading axes (*in,
+  *out) as `nn.Dense`, a Transformer's projections and a tied output layer (x @ E.T, E
+  transposed first) compute it: the number of fan-in axes; else None."""
   if eqn.primitive.name != 'dot_general':
-    return False
+    return None
   x, kernel = (v.aval for v in eqn.invars)
-  p = eqn.params
-  return (kernel.ndim == 2 and kernel.shape[1] > kernel.shape[0] and
-          x.dtype == kernel.dtype == jnp.float32 and
-          p['dimension_numbers'] == (((x.ndim - 1,), (0,)), ((), ())) and
-          p.get('preferred_element_type') in (None, jnp.float32))
+  (x_axes, kernel_axes), batch_axes = eqn.params['dimension_numbers']
+  num_in = len(kernel_axes)
+  dense = (not any(batch_axes) and 0 < num_in < x.ndim and
+           tuple(kernel_axes) == tuple(range(num_in)) and
+           tuple(x_axes) == tuple(range(x.ndim - num_in, x.ndim)))
+  float32 = (x.dtype == kernel.dtype == jnp.float32 and
+             eqn.params.get('preferred_element_type') in (None, jnp.float32))
+  if not (dense and float32):
+    return None
+  fan_in = math.prod(kernel.shape[:num_in])
+  fan_out = math.prod(kernel.shape[num_in:])
+  rows = math.prod(x.shape[:x.ndim - num_in])
+  # Widening, or tall: where `dense_product`'s gradients were measured faster.
+  return num_in if fan_out > fan_in or rows >= max(fan_in, fan_out) else None
 
 
 # The named calls whose jaxpr equations carry these names: causal or not.
@@ -247,9 +260,10 @@ def _evaluate(jaxpr, consts, args, recomputes_exactly: bool):
     if causal is not None:
       env[eqn.outvars[0]] = attention(*(read(v) for v in eqn.invars), causal=causal)
       continue
-    if _widening_dense(eqn):
+    num_in = _dense_layer(eqn)
+    if num_in:
       x, kernel = (read(v) for v in eqn.invars)
-      env[eqn.outvars[0]] = dense_product(x, kernel, eqn.params['precision'])
+      env[eqn.outvars[0]] = dense_product(x, kernel, eqn.params['precision'], num_in)
       continue
     if _bf16_product(eqn):
       x, y = (read(v) for v in eqn.invars)

@@ -7,11 +7,11 @@ On XLA:CPU (the figures are the SmallCNN's on a 2-core CPU, `benchmarks/README.m
   without select-and-scatter (5-20x slower there), few-input first convolutions as fused
   multiply-adds, and the two together as `layers.conv_pool`, whose backward takes the
   pool's maximum from the forward pass, since XLA:CPU recomputes a convolution bit for bit,
-  widening dense layers as `layers.dense_product` (a Transformer MLP's input gradient
-  against a transposed copy of the kernel, 2x faster), unmasked float32 or bf16 attention
-  as `layers.attention` (causal blocks that skip the later keys), and bf16 products with
-  float32 results, rounded after (`models.bf16_compute`: XLA:CPU's library runs bf16 on the
-  CPU's bf16 instructions only so, 2x float32's speed);
+  widening or tall dense layers as `layers.dense_product` (their gradients from transposed
+  copies, as XLA:CPU's matrix library takes them, up to 2x faster), unmasked float32 or
+  bf16 attention as `layers.attention` (causal blocks that skip the later keys), and bf16
+  products with float32 results, rounded after (`models.bf16_compute`: XLA:CPU's library
+  runs bf16 on the CPU's bf16 instructions only so, 2x float32's speed);
 - on one CPU device a batch over 128 of a model without batch statistics is accumulated
   over slices of 128 or 64, which stay in the caches (7,200 img/s at batch 256 in one
   piece, 12,000 in two slices);
