@@ -354,7 +354,8 @@ def test_dropout_keeps_at_its_rate_scales_and_differentiates_as_flax_dropout():
 @pytest.mark.parametrize('x_shape,kernel_shape,num_in', [
     ((64, 16), (16, 48), 1),         # widening
     ((3, 20, 24), (24, 96), 1),
-    ((3, 20, 96), (96, 24), 1),      # narrowing
+    ((3, 20, 96), (96, 24), 1),      # narrowing, few rows: XLA's own kernel gradient
+    ((128, 48), (48, 16), 1),        # narrowing, tall
     ((40, 32), (32, 32), 1),         # square
     ((2, 10, 16), (16, 2, 8), 1),    # a query projection: (B, T, E) x (E, H, D)
     ((2, 10, 2, 8), (2, 8, 16), 2),  # an output projection: (B, T, H, D) x (H, D, E)
@@ -413,6 +414,19 @@ def test_the_rewrite_computes_every_dense_layer_with_dense_product_and_equal_gra
   # (Attention is rewritten too: the logits agree to rounding.)
   np.testing.assert_allclose(rewritten(params), apply(params), rtol=1e-5, atol=1e-6)
   _assert_equal_gradients(rewritten, apply, params, rtol=1e-5)
+
+
+def test_the_rewrite_leaves_a_classifier_head_with_few_rows_to_xla():
+  """An MLP on 4 examples: the narrowing layers (64 -> 32 -> 10) have fewer rows than their
+  kernels and keep XLA's product; a widening one (64 -> 128) is rewritten."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8))
+  for hidden, rewritten_layers in (((32,), 0), ((128,), 1)):
+    model = jm.models.MLP(hidden=hidden, num_classes=10)
+    params = model.init(jax.random.PRNGKey(1), x)
+    apply = lambda p, model=model: model.apply(p, x)
+    text = str(jax.make_jaxpr(rewrite_for_cpu(apply))(params))
+    assert text.count('fwd=_dense_product_fwd') == rewritten_layers
+    np.testing.assert_allclose(rewrite_for_cpu(apply)(params), apply(params), rtol=1e-6)
 
 
 @pytest.mark.parametrize('causal,length', [(True, 128), (True, 100), (False, 96)])
