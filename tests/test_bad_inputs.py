@@ -283,6 +283,7 @@ def _tree_digest(directory: pathlib.Path) -> dict:
           for p in sorted(directory.rglob('*')) if p.is_file()}
 
 
+@pytest.mark.slow  # A training run and five reruns in subprocesses: 30-35 s.
 def test_bad_input_never_touches_a_good_run(tmp_path):
   """A finished run's workdir survives reruns with bad input, byte for byte."""
   data = tmp_path / 'data'

@@ -137,6 +137,7 @@ def test_wrong_image_shape(tmp_path):
   _assert_one_line_error(result, '(32, 32, 3)')
 
 
+@pytest.mark.slow  # Two training runs in subprocesses: 30-35 s.
 def test_an_early_stop_stays_stopped(mnist_dir, tmp_path):
   """Stopped early, the same command again trains no further and reports the same result."""
   workdir = tmp_path / 'run'
