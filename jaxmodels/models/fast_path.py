@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from jaxmodels.models import bf16_compute
 from jaxmodels.models.layers import (attention, conv_few_inputs, conv_pool, dense_product,
-                                     max_pool)
+                                     dense_product_pays, max_pool)
 from jaxmodels.models.transformer import causal_dot_product_attention, dot_product_attention
 
 _JIT_PRIMITIVES = ('jit', 'pjit', 'closed_call', 'core_call')
@@ -104,11 +104,9 @@ def _dense_layer(eqn) -> int | None:
              eqn.params.get('preferred_element_type') in (None, jnp.float32))
   if not (dense and float32):
     return None
-  fan_in = math.prod(kernel.shape[:num_in])
-  fan_out = math.prod(kernel.shape[num_in:])
-  rows = math.prod(x.shape[:x.ndim - num_in])
-  # Widening, or tall: where `dense_product`'s gradients were measured faster.
-  return num_in if fan_out > fan_in or rows >= max(fan_in, fan_out) else None
+  sizes = (math.prod(x.shape[:x.ndim - num_in]), math.prod(kernel.shape[:num_in]),
+           math.prod(kernel.shape[num_in:]))
+  return num_in if dense_product_pays(*sizes) else None
 
 
 # The named calls whose jaxpr equations carry these names: causal or not.

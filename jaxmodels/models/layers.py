@@ -5,6 +5,7 @@ quarter of its random bits (other masks, the same keep rate to 1/65536); `dense_
 nn.Dense's values and, to rounding, its gradients; `attention` with those of
 `jax.nn.dot_product_attention` to rounding."""
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -219,6 +220,18 @@ def _dense(x, kernel, precision):
   return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())), precision=precision)
 
 
+def _is_tall(rows: int, fan_in: int, fan_out: int) -> bool:
+  """More rows than the kernel has on either side: a sequence model's layers, not a
+  classifier's head over a few examples."""
+  return rows >= max(fan_in, fan_out)
+
+
+def dense_product_pays(rows: int, fan_in: int, fan_out: int) -> bool:
+  """Whether `dense_product`'s gradients beat XLA:CPU's own for a product of this size: a
+  widening layer's (its input gradient) or a tall one's (its kernel gradient)."""
+  return fan_out > fan_in or _is_tall(rows, fan_in, fan_out)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_product(x, kernel, precision):
   return _dense(x, kernel, precision)
@@ -240,7 +253,7 @@ def _dense_product_bwd(precision, residuals, g):
   # matrix library takes it: two row-major operands, the narrower of x and g copied
   # transposed. Folded into the product, the transpose sends it to a generic kernel at half
   # speed; for a few rows (a classifier's head) the copies cost more than they save.
-  if x.shape[0] < max(fan_in, fan_out):
+  if not _is_tall(x.shape[0], fan_in, fan_out):
     kernel_grad = jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())), precision=precision)
   elif fan_in >= fan_out:
     kernel_grad = barrier(_dense(barrier(g.T), x, precision)).T
@@ -264,7 +277,7 @@ def dense_product(x: jax.Array, kernel: jax.Array, precision=None, num_in: int =
   a Transformer MLP's input, 256 -> 1024 in lm.py's GPT). lm.py's train step at batch 32,
   same-process A/B on a 2-core AMD EPYC: 632 ms with no dense layer so, 600 with the
   widening ones (their input gradient only), 565 with every one (both gradients)."""
-  fan_in = int(np.prod(kernel.shape[:num_in]))
+  fan_in = math.prod(kernel.shape[:num_in])
   out_shape = x.shape[:x.ndim - num_in] + kernel.shape[num_in:]
   out = _dense_product(x.reshape(-1, fan_in), kernel.reshape(fan_in, -1), precision)
   return out.reshape(out_shape)
