@@ -264,6 +264,7 @@ def profile_pieces(batch_size: int, dropout_rate: float, repeats: int, calls: in
   import jax.numpy as jnp
 
   import jaxmodels as jm
+  from jaxmodels.models import layers
   from jaxmodels.tasks.language_model import lm_loss
   from jaxmodels.train import cpu_path
 
@@ -288,8 +289,12 @@ def profile_pieces(batch_size: int, dropout_rate: float, repeats: int, calls: in
                                                state.params)
   masks = 1 + 2 * SHAPE['num_layers']  # Embeddings and each residual branch.
   shape = (batch_size, SHAPE['seq_len'], SHAPE['embed_dim'])
-  pieces[f'dropout masks alone ({masks} x bernoulli {shape})'] = (jax.jit(
-      lambda k: [jax.random.bernoulli(jax.random.fold_in(k, i), 0.9, shape)
+  keep = 1.0 - dropout_rate
+  pieces[f'dropout masks alone ({masks} x keep_mask {shape})'] = (jax.jit(
+      lambda k: [layers.keep_mask(jax.random.fold_in(k, i), keep, shape)
+                 for i in range(masks)]), jax.random.PRNGKey(0))
+  pieces['  the same from jax.random.bernoulli (for comparison)'] = (jax.jit(
+      lambda k: [jax.random.bernoulli(jax.random.fold_in(k, i), keep, shape)
                  for i in range(masks)]), jax.random.PRNGKey(0))
   row = {}
   for name, (fn, *inputs) in pieces.items():

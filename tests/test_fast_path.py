@@ -351,6 +351,27 @@ def test_dropout_keeps_at_its_rate_scales_and_differentiates_as_flax_dropout():
   assert abs(np.mean(flat[:, 0] & flat[:, 1]) - 0.81) < 0.005
 
 
+@pytest.mark.parametrize('shape', [(32, 128, 256), (7, 3), (5,), (1,)])
+def test_keep_mask_draws_the_bits_of_jax_threefry(shape):
+  """layers.threefry_2x32 (unrolled in lax ops) gives jax's own threefry bits, so the mask
+  is `jax.extend.random.threefry_2x32(key, iota)` in 16-bit halves below the threshold, for
+  sizes that are and are not a multiple of the four draws one hash gives."""
+  from jax.extend import random as jax_random
+
+  from jaxmodels.models.layers import keep_mask, threefry_2x32
+  key = jax.random.PRNGKey(7)
+  counts = jax.random.bits(jax.random.PRNGKey(8), (2, 1000), jnp.uint32)
+  ours = jax.jit(threefry_2x32)(key, counts[0], counts[1])
+  np.testing.assert_array_equal(np.concatenate(ours),
+                                jax_random.threefry_2x32(key, counts.reshape(-1)))
+  size = int(np.prod(shape))
+  words = np.asarray(jax_random.threefry_2x32(key, jnp.arange(2 * -(-size // 4),
+                                                              dtype=jnp.uint32)))
+  expected = (words.view(np.uint16)[:size] < round(0.9 * 65536)).reshape(shape)
+  np.testing.assert_array_equal(jax.jit(keep_mask, static_argnums=(1, 2))(key, 0.9, shape),
+                                expected)
+
+
 @pytest.mark.parametrize('x_shape,kernel_shape,num_in', [
     ((64, 16), (16, 48), 1),         # widening
     ((3, 20, 24), (24, 96), 1),

@@ -145,3 +145,11 @@ def test_rotary_equals_a_float64_reference_near_and_far_from_position_zero():
                              x2 * np.cos(angles) + x1 * np.sin(angles)], -1)
   np.testing.assert_allclose(jax.jit(lambda x, p: rotary(x, p, max_length=2048))(x, positions),
                              expected, atol=2e-6)
+  # Its gradient is the transposed (inverse) rotation of the output's gradient.
+  g = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(rotary(x, positions, max_length=2048) * g)))(x)
+  g64 = np.asarray(g, np.float64)
+  g1, g2 = g64[..., :half], g64[..., half:]
+  np.testing.assert_allclose(grad, np.concatenate([g1 * np.cos(angles) + g2 * np.sin(angles),
+                                                   g2 * np.cos(angles) - g1 * np.sin(angles)],
+                                                  -1), atol=2e-6)

@@ -88,3 +88,20 @@ def test_classification_report_numbers_match_sklearn():
     assert rows[name] == pytest.approx(
         [want['precision'], want['recall'], want['f1-score'], want['support']], abs=5e-5)
   assert rows['accuracy'] == pytest.approx([expected['accuracy'], len(labels)], abs=5e-5)
+
+
+def test_correct_is_argmax_equals_label_with_ties_and_nans():
+  """`correct` (a max, then the first index reaching it) marks what numpy's argmax marks:
+  ties go to the first maximum, a NaN row to its first NaN; over (B, T, C) logits too."""
+  from jaxmodels.train.metrics import correct
+  rng = np.random.default_rng(0)
+  logits = rng.integers(-2, 3, (4, 50, 7)).astype(np.float32)  # Many ties.
+  logits[0, :5, 3] = np.nan
+  logits[1, 7, [2, 5]] = np.nan
+  logits[2, 9] = -np.inf
+  labels = rng.integers(0, 7, (4, 50))
+  labels[0, :5] = 3
+  labels[1, 7] = 2
+  expected = (np.argmax(logits, -1) == labels).astype(np.float32)
+  assert 0.1 < expected.mean() < 0.9
+  np.testing.assert_array_equal(jax.jit(correct)(logits, labels), expected)

@@ -46,8 +46,17 @@ def summarize(metrics: Mapping) -> dict:
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """logits (B, C), labels (B,) -> (B,) float32, 1 where argmax is the label."""
-  return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  """logits (..., C), labels (...) -> (...) float32, 1 where argmax is the label (the first
+  maximum, or the first NaN, as `jnp.argmax` picks it).
+
+  Written as a max, then the first index that reaches it: XLA:CPU runs argmax as a
+  reduction over (value, index) pairs, element by element, 0.4 % of lm.py's train step
+  over its 256 byte classes."""
+  top = jnp.max(logits, -1, keepdims=True)
+  is_top = (logits == top) | jnp.isnan(logits)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  first = jnp.min(jnp.where(is_top, index, logits.shape[-1]), -1)
+  return (first == labels).astype(jnp.float32)
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
