@@ -2,18 +2,21 @@
 dropout 0.1) on the CPU: jaxmodels' `fit` against the same model in PyTorch eager and
 `torch.compile`, float32 and bf16 (jax: bf16 compute, float32 params; PyTorch: CPU autocast).
 
-  python benchmarks/cpu_lm.py                        # batch 32 and 8, fp32 and bf16, 3 rounds
+  python benchmarks/cpu_lm.py                        # batch 32 and 8, fp32 and bf16, 6 rounds
   python benchmarks/cpu_lm.py --batch_sizes 32 --precisions fp32 --no_compile
   python benchmarks/cpu_lm.py --quick                # a few steps of each: checks that it runs
   python benchmarks/cpu_lm.py --baseline_tree /tmp/old   # also jaxmodels from another tree
                                                      # (git archive REV jaxmodels | tar -x -C DIR)
 
 Each contender runs in a process of its own (thread pools of two libraries in one process
-slow each other), once per round, in a rotated order, so drift in a shared machine hits all
-alike; the figures are medians over rounds (range in brackets), the ratios are ratios of
-medians of this run. jaxmodels trains through the public `fit` (the library's train step,
-its CPU path, a host sync only at logging) with the task's loss and metrics; the first
-interval (compilation, warm-up) is left out, as PyTorch's first steps are.
+slow each other) that stays up for the whole comparison: it warms up for one untimed chunk
+of `--steps` steps (compilation included), then trains one chunk per round when the parent
+says go, while the others wait idle on their pipes. The rounds rotate the order, so drift
+in a shared machine, minute to minute, hits every contender alike; the figures are medians
+over rounds (range in brackets), the ratios are ratios of medians of this run. jaxmodels
+trains through the public `fit` (the library's train step, its CPU path, a host sync only
+at logging: once a chunk) with the task's loss and metrics, timed by fit itself; PyTorch by
+the wall clock around its chunk, ended by `loss.item()`.
 
 The step breakdown (`profile`) is measured by timing jitted pieces of the same step on the
 same batch in one process (not a tracer): the forward pass, forward + backward, the whole
@@ -57,7 +60,20 @@ def corpus(rows: int, seq_len: int):
 
 
 # ------------------------------------------------------------------------------ contenders
-# Each returns tokens/s over `steps` steps after `warmup` untimed ones.
+# Each trains one untimed chunk of `steps` steps, then `rounds` timed ones, one per go of
+# the parent (`Turns`), and reports each chunk's tokens/s.
+
+
+class Turns:
+  """A worker's side of the interleaving, over its stdin and stdout: it says when it is warm
+  (null) and what each chunk ran at, and starts a chunk only when the parent says go."""
+
+  def say(self, tokens_per_second):
+    print(json.dumps(tokens_per_second), flush=True)
+
+  def wait(self):
+    if sys.stdin.readline().strip() != 'go':
+      raise SystemExit(0)  # The parent is gone or done.
 
 
 def jax_model(dropout: float, bf16: bool):
@@ -83,20 +99,32 @@ def jax_step(module, total_steps: int):
   return model, tx, step
 
 
-def run_jaxmodels(batch_size, steps, warmup, dropout, bf16):
+def run_jaxmodels(batch_size, steps, rounds, dropout, bf16, turns):
   import jaxmodels as jm
   if hasattr(jm, 'reuse_host_memory'):  # As lm.py does; before jax's first computation.
     jm.reuse_host_memory()
   import jax
   x, y = corpus(max(4096, batch_size * 64), SHAPE['seq_len'])
-  model, tx, step = jax_step(jax_model(dropout, bf16), warmup + steps)
+  total = steps * (rounds + 1)
+  model, tx, step = jax_step(jax_model(dropout, bf16), total)
   state = jm.create_train_state(model, tx, jax.random.PRNGKey(0), x[:1])
-  _, history = jm.fit(state, step, (x, y), batch_size=batch_size, num_steps=warmup + steps,
-                      log_every_steps=warmup, progress=False)
-  rows = history.train[1:]  # One row per host sync; the first interval is the warm-up.
-  sizes = np.diff([history.train[0]['step']] + [r['step'] for r in rows]) * batch_size
-  seconds = sum(n / r['examples_per_sec'] for n, r in zip(sizes, rows))
-  return float(np.sum(sizes) / seconds * SHAPE['seq_len'])
+
+  class Chunks(jm.Callback):
+    """At each chunk's end (a log, so a host sync): its tokens/s as fit timed it (compilation
+    and the time in callbacks left out), then the wait for the next go (in callback time)."""
+    every_steps = steps
+
+    def on_train_log(self, step, logs, state):
+      self.rate = logs['examples_per_sec'] * SHAPE['seq_len']
+
+    def on_steps_end(self, step, state):
+      if step % steps == 0:
+        turns.say(self.rate if step > steps else None)  # The first chunk is the warm-up.
+        if step < total:
+          turns.wait()
+
+  jm.fit(state, step, (x, y), batch_size=batch_size, num_steps=total, log_every_steps=steps,
+         callbacks=[Chunks()], progress=False)
 
 
 def torch_gpt(dropout: float):
@@ -153,7 +181,7 @@ def torch_gpt(dropout: float):
   return GPT()
 
 
-def run_torch(batch_size, steps, warmup, dropout, bf16, compile_model=False):
+def run_torch(batch_size, steps, rounds, dropout, bf16, turns, compile_model=False):
   import contextlib
 
   import torch
@@ -187,10 +215,13 @@ def run_torch(batch_size, steps, warmup, dropout, bf16, compile_model=False):
       optimizer.step()
     return loss.item()
 
-  train(warmup, 0)
-  start = time.perf_counter()
-  train(steps, warmup)
-  return steps * batch_size * SHAPE['seq_len'] / (time.perf_counter() - start)
+  train(steps, 0)
+  turns.say(None)
+  for round_index in range(rounds):
+    turns.wait()
+    start = time.perf_counter()
+    train(steps, steps * (round_index + 1))
+    turns.say(steps * batch_size * SHAPE['seq_len'] / (time.perf_counter() - start))
 
 
 RUNNERS = dict(jaxmodels=run_jaxmodels, jaxmodels_base=run_jaxmodels, pytorch=run_torch,
@@ -199,49 +230,77 @@ RUNNERS = dict(jaxmodels=run_jaxmodels, jaxmodels_base=run_jaxmodels, pytorch=ru
 
 
 def worker(args):
-  """One contender's tokens/s, printed as JSON (runs in a process of its own)."""
+  """One contender, in a process of its own: its chunks' tokens/s as JSON lines (`Turns`)."""
   name, batch_size, precision = args.worker.split(':')
   import jaxmodels
   print(f'jaxmodels from {pathlib.Path(jaxmodels.__file__).parent}', file=sys.stderr)
-  rate = RUNNERS[name](int(batch_size), args.steps, args.warmup, args.dropout,
-                       precision == 'bf16')
-  print(json.dumps(rate))
+  RUNNERS[name](int(batch_size), args.steps, args.rounds, args.dropout, precision == 'bf16',
+                Turns())
+
+
+def start_worker(name: str, key: str, args, log):
+  """A contender's process, warmed up (its first chunk done), or None (it failed: said why)."""
+  batch_size, precision = key.split()[1:]
+  env = dict(os.environ)
+  if name == 'jaxmodels_base':  # The same contender, importing the other tree.
+    env['PYTHONPATH'] = os.pathsep.join([args.baseline_tree, env.get('PYTHONPATH', '')])
+  if name == 'pytorch_heap':  # PyTorch with the malloc settings of reuse_host_memory.
+    env.update(MALLOC_ARENA_MAX='1', MALLOC_MMAP_MAX_='0', MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+  command = [sys.executable, __file__, '--worker', f'{name}:{batch_size}:{precision}',
+             '--steps', str(args.steps), '--rounds', str(args.rounds),
+             '--dropout', str(args.dropout)]
+  process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=log, text=True, cwd=ROOT, env=env)
+  if next_rate(process, name, key, log) is False:
+    return None
+  return process
+
+
+def next_rate(process, name: str, key: str, log):
+  """The worker's next line: tokens/s (None for warm), or False when it died (said why)."""
+  line = process.stdout.readline()
+  if line.strip():
+    return json.loads(line)
+  process.wait()
+  log.seek(0)
+  last = (log.read().strip().splitlines() or ['failed'])[-1]
+  print(f'  {key} {name}: skipped ({last[:160]})', flush=True)
+  return False
 
 
 def throughput(args):
+  import tempfile
   results = {}
   for batch_size in args.batch_sizes:
     for precision in args.precisions:
       key = f'bs {batch_size} {precision}'
       rates = {name: [] for name in args.contenders}
+      logs = {name: tempfile.TemporaryFile('w+') for name in args.contenders}
+      # One after another, so that no warm-up (compilation) overlaps another's.
+      workers = {name: start_worker(name, key, args, logs[name]) for name in args.contenders}
       for round_index in range(args.rounds):
         names = list(args.contenders)
         names = names[round_index % len(names):] + names[:round_index % len(names)]
         for name in names:
-          if rates[name] is None:
+          if workers[name] is None:
             continue
-          env = dict(os.environ)
-          if name == 'jaxmodels_base':  # The same contender, importing the other tree.
-            env['PYTHONPATH'] = os.pathsep.join([args.baseline_tree, env.get('PYTHONPATH', '')])
-          if name == 'pytorch_heap':  # PyTorch with the malloc settings of reuse_host_memory.
-            env.update(MALLOC_ARENA_MAX='1', MALLOC_MMAP_MAX_='0',
-                       MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
-          command = [sys.executable, __file__, '--worker', f'{name}:{batch_size}:{precision}',
-                     '--steps', str(args.steps), '--warmup', str(args.warmup),
-                     '--dropout', str(args.dropout)]
-          done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-          if done.returncode:
-            last = (done.stderr.strip().splitlines() or ['failed'])[-1]
-            print(f'  {key} {name}: skipped ({last[:160]})', flush=True)
-            rates[name] = None
+          workers[name].stdin.write('go\n')
+          workers[name].stdin.flush()
+          rate = next_rate(workers[name], name, key, logs[name])
+          if rate is False:
+            workers[name] = None
             continue
-          rates[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-          print(f'  {key} round {round_index + 1} {name:14s} {rates[name][-1]:9.0f} tokens/s',
-                flush=True)
+          rates[name].append(rate)
+          print(f'  {key} round {round_index + 1} {name:14s} {rate:9.0f} tokens/s', flush=True)
+      for name, process in workers.items():
+        if process is not None:
+          process.stdin.close()
+          process.wait(timeout=120)
+        logs[name].close()
       results[key] = {n: (float(np.median(r)), min(r), max(r)) if r else None
                       for n, r in rates.items()}
   print(f'\nthroughput (tokens/s, median of {args.rounds} rounds [range]; dropout '
-        f'{args.dropout}; {args.steps} timed steps after {args.warmup})')
+        f'{args.dropout}; chunks of {args.steps} steps, interleaved, after one untimed)')
   references = [n for n in args.contenders if n != 'jaxmodels']
   for key, row in results.items():
     cells = '  '.join(f'{n} {row[n][0]:.0f} [{row[n][1]:.0f}-{row[n][2]:.0f}]' if row[n]
@@ -339,9 +398,9 @@ def main():
   parser.add_argument('--baseline_tree', help='a directory holding another jaxmodels package: '
                       'adds it as the contender jaxmodels_base (a before/after in one run)')
   parser.add_argument('--dropout', type=float, default=0.1)
-  parser.add_argument('--steps', type=int, default=60, help='timed steps per round')
-  parser.add_argument('--warmup', type=int, default=10, help='untimed steps per round')
-  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=20,
+                      help='steps per chunk: one untimed (warm-up), then one a round')
+  parser.add_argument('--rounds', type=int, default=6)
   parser.add_argument('--repeats', type=int, default=3, help='profile: timings per piece')
   parser.add_argument('--profile_steps', type=int, default=10, help='profile: calls per timing')
   parser.add_argument('--quick', action='store_true', help='a few steps of each part')
@@ -355,7 +414,7 @@ def main():
   if args.baseline_tree:
     args.contenders.insert(1, 'jaxmodels_base')
   if args.quick:  # torch.compile alone would take minutes: left out.
-    args.steps, args.warmup, args.rounds, args.repeats, args.profile_steps = 3, 2, 1, 1, 2
+    args.steps, args.rounds, args.repeats, args.profile_steps = 3, 1, 1, 2
     args.batch_sizes = args.batch_sizes[-1:]
     args.contenders = [c for c in args.contenders if c != 'torch_compile']
   if args.worker:
