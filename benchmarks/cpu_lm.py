@@ -299,6 +299,7 @@ def throughput(args):
         logs[name].close()
       results[key] = {n: (float(np.median(r)), min(r), max(r)) if r else None
                       for n, r in rates.items()}
+      results[key]['rounds'] = rates  # Each round's tokens/s, in round order (for --json).
   print(f'\nthroughput (tokens/s, median of {args.rounds} rounds [range]; dropout '
         f'{args.dropout}; chunks of {args.steps} steps, interleaved, after one untimed)')
   references = [n for n in args.contenders if n != 'jaxmodels']
