@@ -45,18 +45,19 @@ def summarize(metrics: Mapping) -> dict:
   return out
 
 
-def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """logits (..., C), labels (...) -> (...) float32, 1 where argmax is the label (the first
-  maximum, or the first NaN, as `jnp.argmax` picks it).
-
-  Written as a max, then the first index that reaches it: XLA:CPU runs argmax as a
-  reduction over (value, index) pairs, element by element, 0.4 % of lm.py's train step
-  over its 256 byte classes."""
+def _argmax(logits: jax.Array) -> jax.Array:
+  """`jnp.argmax(logits, -1)` (the first maximum, or the first NaN), int32, as a max and then
+  the first index that reaches it: XLA:CPU runs argmax as a reduction over (value, index)
+  pairs, element by element, 0.4 % of lm.py's train step over its 256 byte classes."""
   top = jnp.max(logits, -1, keepdims=True)
   is_top = (logits == top) | jnp.isnan(logits)
   index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  first = jnp.min(jnp.where(is_top, index, logits.shape[-1]), -1)
-  return (first == labels).astype(jnp.float32)
+  return jnp.min(jnp.where(is_top, index, logits.shape[-1]), -1)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """logits (..., C), labels (...) -> (...) float32, 1 where argmax is the label."""
+  return (_argmax(logits) == labels).astype(jnp.float32)
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -88,7 +89,7 @@ def classification_metrics(num_classes: int, top_k: int = 5, with_confusion: boo
     if 1 < top_k < num_classes:  # top_k=0 turns it off.
       out[f'top{top_k}_accuracy'] = Mean.of(top_k_correct(logits, labels, top_k), weights)
     if with_confusion:
-      out['confusion'] = confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, weights)
+      out['confusion'] = confusion_matrix(labels, _argmax(logits), num_classes, weights)
     return out
 
   return metrics_fn
