@@ -58,6 +58,7 @@ QUICK = ['--config.train.batch_size=16', '--config.train.log_every_steps=2',
          '--config.model.dense=16']
 
 
+@pytest.mark.slow  # A whole training run in a subprocess: 25-35 s.
 def test_mnist_cli_trains_on_local_idx_files(mnist_dir, tmp_path):
   workdir = tmp_path / 'run'
   result = _run('mnist.py', f'--workdir={workdir}', f'--config.data.local_dir={mnist_dir}',

@@ -100,14 +100,15 @@ def test_version_lifecycle_over_http(exported, repo):
 
     state = change(client, '/v1/versions/2/shadow')
     assert state['shadow'] == 2 and state['canary'] is None and saved(repo) == state
+    asked = time.time()  # The canary's version-2 records came before.
     answer = client.post('/predict', json={'inputs': images}).json()
     assert answer['model_version'] == 1 and len(answer['prediction_ids']) == 2
     store = client.app.state.store
     deadline = time.monotonic() + 30
-    while not store.predictions(version=2, since=time.time() - 5) and time.monotonic() < deadline:
+    while len(store.predictions(version=2, since=asked)) < 2 and time.monotonic() < deadline:
       time.sleep(0.05)  # The shadow runs after the answer.
     store.flush()
-    shadowed = store.predictions(since=time.time() - 30)[-4:]
+    shadowed = store.predictions(since=asked)
     assert sorted(r['model_version'] for r in shadowed) == [1, 1, 2, 2]
     assert {r['prediction_id'] for r in shadowed if r['model_version'] == 1} == set(
         answer['prediction_ids'])

@@ -64,6 +64,7 @@ def test_spaces():
     sweep.grid([log])
 
 
+@pytest.mark.slow  # Four training runs and one killed: 25 s.
 def test_a_2x2_grid_is_4_runs_and_a_killed_sweep_resumes_without_repeating(
     tmp_path, monkeypatch):
   task, config, schema = _task_and_config(tmp_path)

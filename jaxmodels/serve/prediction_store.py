@@ -19,6 +19,7 @@ import logging
 import numbers
 import os
 import queue
+import sqlite3
 import threading
 import time
 import typing
@@ -128,7 +129,8 @@ def engine_for(url: str) -> sa.engine.Engine:
   @sa.event.listens_for(engine, 'connect')
   def _on_connect(connection, record):
     connection.isolation_level = None  # pysqlite's own BEGIN handling off: ours below.
-    for pragma in ('journal_mode=WAL', 'synchronous=FULL', 'foreign_keys=ON'):
+    _switch_to_wal(connection)
+    for pragma in ('synchronous=FULL', 'foreign_keys=ON'):
       connection.execute(f'PRAGMA {pragma}').close()
 
   @sa.event.listens_for(engine, 'begin')
@@ -136,6 +138,21 @@ def engine_for(url: str) -> sa.engine.Engine:
     connection.exec_driver_sql('BEGIN IMMEDIATE')
 
   return engine
+
+
+def _switch_to_wal(connection, timeout: float = 30.0) -> None:
+  """PRAGMA journal_mode=WAL, retried while the file is locked. Switching a new file's mode
+  upgrades a read lock, and SQLite answers a busy upgrade at once instead of waiting out the
+  busy timeout (it could deadlock), so stores opened together on a new file would fail."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      connection.execute('PRAGMA journal_mode=WAL').close()
+      return
+    except sqlite3.OperationalError as e:
+      if 'locked' not in str(e) or time.monotonic() > deadline:
+        raise
+      time.sleep(0.01)
 
 
 class PredictionStore:
