@@ -231,6 +231,7 @@ def test_load_pretrained_says_which_params_keep_their_fresh_init(tmp_path, capsy
                expected['params']['bert'])
 
 
+@pytest.mark.slow  # A whole fine-tuning run: 20 s.
 def test_a_run_from_a_checkpoint_without_its_head_says_so_and_records_it(tmp_path, capsys):
   """init_from=hf:DIR of a BertModel (no classifier): the run prints the note once and its
   summary.json records it under init_from_notes."""
