@@ -45,6 +45,7 @@ def test_every_image_recipe_validates_and_builds(recipe, shape):
   assert logits.shape == (2, 10)
 
 
+@pytest.mark.slow  # A whole run with its report: 30 s.
 def test_image_experiment_end_to_end_on_mock_data(tmp_path, mock_tfds):
   config = _quick(cli.load_config_file(str(CONFIGS / 'mnist.py')))
   config.model.update(widths=(8, 16, 16), dense=16)
@@ -76,6 +77,7 @@ def test_image_experiment_end_to_end_on_mock_data(tmp_path, mock_tfds):
     assert image.ndim == 3 and min(image.shape[:2]) > 100 and np.ptp(image) > 0, png
 
 
+@pytest.mark.slow  # A whole run with samples: 20 s.
 def test_language_model_end_to_end_on_mock_text(tmp_path, mock_tfds):
   config = cli.load_config_file(str(CONFIGS / 'lm.py'))
   config.data.seq_len = 16
