@@ -28,6 +28,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -269,7 +270,6 @@ def next_rate(process, name: str, key: str, log):
 
 
 def throughput(args):
-  import tempfile
   results = {}
   for batch_size in args.batch_sizes:
     for precision in args.precisions:

@@ -109,6 +109,9 @@ def new_record(top_k: list, input_bytes: bytes, *, model_version: int, latency_m
                           None if summary is None else [float(x) for x in summary])
 
 
+_BUSY_TIMEOUT_S = 30.0  # How long a SQLite connection waits for another's write lock.
+
+
 def engine_for(url: str) -> sa.engine.Engine:
   """An engine for a SQLAlchemy URL or a plain file path (SQLite). SQLite connections run in
   WAL mode with synchronous=FULL, so a commit that returned survives a crash, and every
@@ -124,7 +127,7 @@ def engine_for(url: str) -> sa.engine.Engine:
   if parsed.database in (None, '', ':memory:'):
     raise UserError(f'{url}: an in-memory SQLite database is not shared between threads; '
                     'give a file path')
-  engine = sa.create_engine(parsed, connect_args={'timeout': 30})
+  engine = sa.create_engine(parsed, connect_args={'timeout': _BUSY_TIMEOUT_S})
 
   @sa.event.listens_for(engine, 'connect')
   def _on_connect(connection, record):
@@ -140,17 +143,17 @@ def engine_for(url: str) -> sa.engine.Engine:
   return engine
 
 
-def _switch_to_wal(connection, timeout: float = 30.0) -> None:
+def _switch_to_wal(connection) -> None:
   """PRAGMA journal_mode=WAL, retried while the file is locked. Switching a new file's mode
   upgrades a read lock, and SQLite answers a busy upgrade at once instead of waiting out the
   busy timeout (it could deadlock), so stores opened together on a new file would fail."""
-  deadline = time.monotonic() + timeout
+  deadline = time.monotonic() + _BUSY_TIMEOUT_S
   while True:
     try:
       connection.execute('PRAGMA journal_mode=WAL').close()
       return
     except sqlite3.OperationalError as e:
-      if 'locked' not in str(e) or time.monotonic() > deadline:
+      if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
         raise
       time.sleep(0.01)
 
